@@ -21,6 +21,9 @@ Everything is measured in one run, on one device, so the printed ratios compare 
    forward over the same window from the same state; with every block looped the expected ratio is ``N``.
 4. **Converted vs base** per-token latency at the reference context (1024 when measured, otherwise the
    shortest): the inserted Jet layers (and the engine's bookkeeping) are the only extra wake cost.
+5. With ``compile=True``, a third stream per context decodes through ``SleepDecoder(compile=True)``
+   (``torch.compile`` of the blocks for the one-token step), interleaved with the others; it compiles in
+   the warm-up (a window's first token still runs eagerly, once every ``L`` steps).
 
 Decoding runs under ``torch.no_grad`` in the model's dtype on ``device`` (CUDA when available); on CUDA the
 timers synchronise the device. ``tokens_per_s`` is one over the median per-token latency (batch 1).
@@ -280,11 +283,11 @@ class _Stream(abc.ABC):
 class SleepStream(_Stream):
     """The converted model through :class:`sleepify.generation.SleepDecoder` (sleeps window by window)."""
 
-    def __init__(self, model: Any, context: int) -> None:
+    def __init__(self, model: Any, context: int, compile: bool = False) -> None:
         from sleepify.generation import SleepDecoder
 
         super().__init__(context)
-        self.decoder = SleepDecoder(model)
+        self.decoder = SleepDecoder(model, compile=compile)
 
     def _prefill(self, ids: Tensor) -> Tensor:
         return self.decoder.feed(ids, logits="last")
@@ -331,26 +334,35 @@ class BaseStream(_Stream):
 
 
 def decode_latency(
-    model: Any, contexts: Sequence[int], steps: int, prefill_chunk: int = 1024, say: Callable = print
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Prefill one sleepify stream and one base-model stream per context (the same random tokens), then
-    decode ``steps`` tokens, every stream one step in turn (round robin, so a change in the machine's load
-    hits every context alike). Returns the per-context summaries ``(sleepify, base)``."""
+    model: Any,
+    contexts: Sequence[int],
+    steps: int,
+    prefill_chunk: int = 1024,
+    say: Callable = print,
+    compile: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Prefill one sleepify stream and one base-model stream per context (the same random tokens), plus a
+    compiled sleepify stream with ``compile``, then decode ``steps`` tokens, every stream one step in turn
+    (round robin, so a change in the machine's load hits every stream alike). Returns the per-context
+    summaries ``(sleepify, base, compiled sleepify or None)``."""
     device = next(model.parameters()).device
-    streams: list[tuple[SleepStream, BaseStream]] = []
+    streams: list[tuple[_Stream, ...]] = []
     for c in contexts:
         ids = _random_ids(c, model.config.vocab_size, c, device)
         say(f"context {c}: prefill (sleepify, then the base model) ...")
-        pair = (SleepStream(model, c), BaseStream(model.base, c, prefill_chunk))
-        for stream in pair:
+        group: tuple[_Stream, ...] = (SleepStream(model, c), BaseStream(model.base, c, prefill_chunk))
+        if compile:
+            group += (SleepStream(model, c, compile=True),)
+        for stream in group:
             stream.prefill(ids)
-        streams.append(pair)
+        streams.append(group)
     say(f"decoding {steps} tokens per stream ...")
     for _ in range(steps):
-        for pair in streams:
-            for stream in pair:
+        for group in streams:
+            for stream in group:
                 stream.step()
-    return [s.summary() for s, _ in streams], [b.summary() for _, b in streams]
+    compiled = [g[2].summary() for g in streams] if compile else None
+    return [g[0].summary() for g in streams], [g[1].summary() for g in streams], compiled
 
 
 @torch.no_grad()
@@ -425,10 +437,12 @@ def run_bench(
     prefill_chunk: int = 1024,
     spec: BenchModelSpec | None = None,
     log: Callable[[str], None] | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Run every measurement (module docstring) and return the numbers as a JSON-ready dict.
 
-    ``model_dir``: a sleep-capable model folder (None = build :class:`BenchModelSpec` in a temp folder)."""
+    ``model_dir``: a sleep-capable model folder (None = build :class:`BenchModelSpec` in a temp folder).
+    ``compile``: also time decoding through ``SleepDecoder(compile=True)``."""
     from transformers import AutoModelForCausalLM
 
     import sleepify  # noqa: F401  (registers the model types)
@@ -449,7 +463,7 @@ def run_bench(
             model_dir = build_bench_model(tmp, spec)
             description = spec.describe()
         model = AutoModelForCausalLM.from_pretrained(model_dir).eval().to(dev)
-        res = _measure(model, contexts, steps, passes, repeats, prefill_chunk, say)
+        res = _measure(model, contexts, steps, passes, repeats, prefill_chunk, say, compile)
     cfg = model.config
     model_info = {
         "path": None if description else str(model_dir),
@@ -475,14 +489,19 @@ def _measure(
     repeats: int,
     prefill_chunk: int,
     say: Callable[[str], None],
+    compile: bool = False,
 ) -> dict[str, Any]:
     if getattr(model.config, "model_type", None) != "sleep_hybrid":
         raise SleepifyError(f"not a sleep-capable model (model_type {model.config.model_type!r})")
     dev = next(model.parameters()).device
     # warm-up: first calls allocate and pick kernels
     warm = [min(contexts[0], model.config.sleep_window) + 1]
-    decode_latency(model, warm, 2, prefill_chunk, lambda _msg: None)
-    sleepify_runs, base_runs = decode_latency(model, contexts, steps, prefill_chunk, say)
+    if compile:
+        say("compiling the decode step ...")
+    decode_latency(model, warm, 3, prefill_chunk, lambda _msg: None, compile)
+    sleepify_runs, base_runs, compiled_runs = decode_latency(
+        model, contexts, steps, prefill_chunk, say, compile
+    )
     say(f"sleep cost, N in {list(passes)} ...")
     sleeps = sleep_cost(model, passes, repeats)
 
@@ -496,6 +515,9 @@ def _measure(
         "sleepify_state_longest_over_shortest": last["state_bytes"] / first["state_bytes"],
         "base_cache_longest_over_shortest": base_runs[-1]["state_bytes"] / base_runs[0]["state_bytes"],
     }
+    if compiled_runs is not None:
+        compiled_s = compiled_runs[ref_i]["median_s"]
+        ratios["compiled_over_eager_at_reference"] = compiled_s / sleepify_runs[ref_i]["median_s"]
     n_cfg = model.config.sleep_passes
     sleep_cfg = next((row for row in sleeps if row["passes"] == n_cfg), None)
     if sleep_cfg is not None:  # once every L decoded tokens one step also consolidates the window
@@ -513,7 +535,11 @@ def _measure(
         "decode_steps": steps,
         "contexts": contexts,
         "reference_context": ref,
-        "decode": {"sleepify": sleepify_runs, "base": base_runs},
+        "decode": {
+            "sleepify": sleepify_runs,
+            "base": base_runs,
+            **({"sleepify_compiled": compiled_runs} if compiled_runs is not None else {}),
+        },
         "sleep": sleeps,
         "ratios": ratios,
         "targets": {
@@ -548,6 +574,19 @@ def format_report(res: dict[str, Any]) -> str:
             f"{s['tokens_per_s']:,.1f} | {b['tokens_per_s']:,.1f} | {s['median_s'] / b['median_s']:.2f}× | "
             f"{s['prefill_s']:.2f} | {b['prefill_s']:.2f} |"
         )
+    if "sleepify_compiled" in res["decode"]:
+        lines += [
+            "",
+            "## Decode step compiled (SleepDecoder(compile=True)), the same streams interleaved",
+            "",
+            "| context | eager ms/token | compiled ms/token | compiled / eager |",
+            "|---:|---:|---:|---:|",
+        ]
+        for s, c in zip(res["decode"]["sleepify"], res["decode"]["sleepify_compiled"], strict=True):
+            lines.append(
+                f"| {s['context']:,} | {1e3 * s['median_s']:.2f} | {1e3 * c['median_s']:.2f} | "
+                f"{c['median_s'] / s['median_s']:.2f}× |"
+            )
     lines += [
         "",
         "## Memory: peak of the tensors the decoder holds (cache / state), RSS growth over the prefill",

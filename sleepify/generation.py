@@ -31,6 +31,7 @@ from transformers.cache_utils import Cache
 
 from sleepify.errors import SleepifyError
 from sleepify.sleep import (
+    KVBuffer,
     OpenWindow,
     SleepState,
     close_window,
@@ -48,7 +49,14 @@ class SleepDecoder:
 
     ``feed(input_ids, attention_mask)`` appends columns (a prompt, or one generated token per row) and returns
     the logits the model predicts at them while awake. ``backend`` / ``window`` / ``passes`` / ``eviction``
-    override the model config's engine settings (None = config)."""
+    override the model config's engine settings (None = config).
+
+    ``compile``: ``torch.compile`` the one-token decode step (True = the default mode, or a mode name such as
+    ``"reduce-overhead"``, CUDA graphs on CUDA). What is compiled are the blocks' modules (decoder layers,
+    inserted Jet layers), called by the eager engine: the engine's window bookkeeping is Python that would
+    break the graph anyway. Only steps inside a window whose K/V buffers exist use them (the prompt, the
+    first token of a window and the consolidations run eagerly), so the compiled code sees stable types and
+    one dynamic key length. Jet-Nemotron's own layers stay eager."""
 
     def __init__(
         self,
@@ -57,6 +65,7 @@ class SleepDecoder:
         window: int | None = None,
         passes: int | None = None,
         eviction: str | None = None,
+        compile: bool | str = False,
     ):
         self.model = model
         self.stack = model.sleep_stack()
@@ -64,6 +73,7 @@ class SleepDecoder:
         self.window: OpenWindow | None = None
         self.sleeps = 0  # consolidations run so far
         self._incremental = incremental_ok(self.stack, self.settings)
+        self._step_stack = _compiled_stack(model, compile) if compile else None
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -136,7 +146,10 @@ class SleepDecoder:
                     )
                     chunks.append(self.stack.lm_head(h))
             else:
-                h, self.window = extend_window(self.stack, self.settings, self.window, ids, mask)
+                stack = self.stack
+                if self._step_stack is not None and n == 1 and self.window.length > 0 and self._incremental:
+                    stack = self._step_stack  # a decode step with the window's K/V buffers in place
+                h, self.window = extend_window(stack, self.settings, self.window, ids, mask)
                 if logits == "all":
                     chunks.append(self.stack.lm_head(h))
                 elif logits == "last" and remaining == 0:
@@ -145,6 +158,17 @@ class SleepDecoder:
         if logits == "all":
             return torch.cat(chunks, dim=1)
         return last
+
+
+def _compiled_stack(model: Any, compile: bool | str) -> Any:
+    """The model's stack with every block module that can be compiled wrapped in ``torch.compile``
+    (``dynamic=True``: the key length grows by one every step). The model itself is not modified."""
+    mode = None if compile is True or compile == "default" else str(compile)
+    stack = model.sleep_stack()
+    for block in stack.blocks:
+        if getattr(block, "compilable", True):
+            block.module = torch.compile(block.module, dynamic=True, mode=mode)
+    return stack
 
 
 def _map_rows(window: OpenWindow, index: Tensor) -> OpenWindow:
@@ -168,16 +192,21 @@ def _map_rows(window: OpenWindow, index: Tensor) -> OpenWindow:
         offset=entry.offset,
         seen=rows(entry.seen),
     )
+    # preallocated K/V buffers are copied row by row (index_select), so the old window's are never written to
+    buffers = {key: KVBuffer(rows(b.key), rows(b.value), b.length) for key, b in window.kv_buffers.items()}
+    kv = rows({key: val for key, val in window.kv.items() if key not in buffers})
+    kv.update({key: b.view() for key, b in buffers.items()})
     return OpenWindow(
         entry=new_entry,
         input_ids=rows(window.input_ids),
         attention_mask=rows(window.attention_mask),
         mixers=rows(window.mixers),
-        kv=rows(window.kv),
+        kv=kv,
         k_index=window.k_index,
         k_valid=rows(window.k_valid),
         offset=window.offset,
         seen=rows(window.seen),
+        kv_buffers=buffers,
     )
 
 
@@ -312,6 +341,7 @@ def generate(
     on_token: Callable[[int, int, str | None], None] | None = None,
     decoder: SleepDecoder | None = None,
     backend: str | None = None,
+    compile: bool | str = False,
 ) -> GenerationResult:
     """Streaming sleep-capable generation (module docstring).
 
@@ -319,7 +349,7 @@ def generate(
     its decoded text contains one of ``stop`` (needs ``tokenizer``); stops everything after
     ``max_new_tokens``. ``on_token(row, token_id, text_piece)`` is called for every kept token (the text
     piece only with a tokenizer; a row's stop string is never streamed). ``seed`` makes sampling
-    reproducible."""
+    reproducible. ``compile``: see :class:`SleepDecoder`."""
     if stop and tokenizer is None:
         raise SleepifyError("stop strings need a tokenizer")
     if max_new_tokens < 0:
@@ -334,7 +364,7 @@ def generate(
     if seed is not None:
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
-    decoder = decoder or SleepDecoder(model, backend=backend)
+    decoder = decoder or SleepDecoder(model, backend=backend, compile=compile)
     logits = decoder.feed(input_ids, attention_mask, logits="last")[:, -1]
     tokens: list[list[int]] = [[] for _ in range(B)]
     texts = ["" for _ in range(B)] if tokenizer is not None else None

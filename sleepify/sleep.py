@@ -53,11 +53,19 @@ pass ``N * wake_passes - k``); ``truncate_windows=k`` backpropagates through the
 last
 ``k`` windows (the state entering window ``W - k`` is detached; earlier windows without loss run under
 ``no_grad``; earlier windows with loss still give gradients to their own computation).
+
+Sharded training (FSDP2) gathers a block's weights at every call and again in the backward pass, so every
+rank must call every block the same number of times. Inside :func:`lockstep` the ranks agree on the number
+of windows and on each window's kind before running them: a window where some rank has sleeping rows and
+some rank awake rows runs as "mixed" everywhere (exact per row, some wasted compute), and the loss gets a
+zero-weighted term over every window's output so the backward pass visits the same blocks on every rank.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -68,9 +76,12 @@ from torch.utils.checkpoint import checkpoint
 
 from sleepify.errors import SleepifyError
 from sleepify.layers.state import MixerState
+from sleepify.ops import attention as attention_op
 
 __all__ = [
+    "AttentionWindow",
     "Block",
+    "KVBuffer",
     "OpenWindow",
     "SleepOutput",
     "SleepSettings",
@@ -80,6 +91,7 @@ __all__ = [
     "close_window",
     "extend_window",
     "incremental_ok",
+    "lockstep",
     "next_token_targets",
     "open_window",
     "run_window",
@@ -125,10 +137,87 @@ class SleepSettings:
         return self.passes * self.wake_passes
 
 
+@dataclass(frozen=True)
+class AttentionWindow:
+    """What one attention block of a window may attend to, as indices (``sleepify.ops.attention``): the
+    window's queries ``q_index``, the keys ``k_index`` (kept keys, then the window's columns: always
+    consecutive and ending at the last query, so ``aligned``), ``k_valid`` (None = every key is real) and
+    ``span`` (the block's own sliding window and sliding eviction, the smaller; None = neither)."""
+
+    q_index: Tensor
+    k_index: Tensor
+    k_valid: Tensor | None
+    span: int | None
+    backend: str = "auto"
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None, dropout_p: float = 0.0) -> Tensor:
+        """``q [B, Hq, Tq, D]`` over ``k``/``v`` ``[B, Hkv, K, D]`` -> ``[B, Hq, Tq, D]``."""
+        return attention_op.window_attention(
+            q,
+            k,
+            v,
+            self.q_index,
+            self.k_index,
+            self.k_valid,
+            self.span,
+            scale=scale,
+            dropout_p=dropout_p,
+            aligned=True,
+            backend=self.backend,
+        )
+
+
+def attention_backend(backend: str | dict) -> str:
+    """The attention op's backend in an engine ``backend`` setting: a dict's ``"attn"`` key, or the one name
+    when attention knows it (``torch``, ``sdpa``, ``flash``, ``fla``), else ``"auto"``."""
+    if isinstance(backend, dict):
+        return backend.get("attn", "auto")
+    return backend if backend in attention_op.BACKENDS else "auto"
+
+
+@dataclass
+class KVBuffer:
+    """The K/V of one attention block in an open window during decoding, preallocated for the whole window
+    (the kept keys plus ``L`` columns): keys ``[0, length)`` are filled, new ones are written in place
+    (what ``flash_attn_with_kvcache`` reads; no re-concatenation per token). ``append`` returns the
+    successor sharing the storage, so an open window must be extended at most once (a stream is linear;
+    ``SleepDecoder.select_rows`` copies)."""
+
+    key: Tensor  # [B, H_kv, capacity, D]
+    value: Tensor
+    length: int
+
+    @classmethod
+    def allocate(cls, prefix: KV | None, like: Tensor, like_v: Tensor, capacity: int) -> KVBuffer:
+        B, H, _, D = like.shape
+        key = like.new_empty(B, H, capacity, D)
+        value = like_v.new_empty(B, H, capacity, like_v.shape[-1])
+        n = 0
+        if prefix is not None:
+            n = prefix[0].shape[2]
+            key[:, :, :n] = prefix[0]
+            value[:, :, :n] = prefix[1]
+        return cls(key, value, n)
+
+    def append(self, key: Tensor, value: Tensor) -> KVBuffer:
+        n, T = self.length, key.shape[2]
+        if n + T > self.key.shape[2]:
+            raise SleepifyError(f"KV buffer overflow: {n} + {T} keys > capacity {self.key.shape[2]}")
+        self.key[:, :, n : n + T] = key
+        self.value[:, :, n : n + T] = value
+        return KVBuffer(self.key, self.value, n + T)
+
+    def view(self) -> KV:
+        return self.key[:, :, : self.length], self.value[:, :, : self.length]
+
+
 @dataclass
 class WindowContext:
-    """What every block of one window shares: RoPE tables, position ids, the padding mask and the
-    attention masks (additive float ``[B, 1, T_w, K]``, one per attention span, built lazily)."""
+    """What every block of one window shares: RoPE tables, position ids, the padding mask and what attention
+    may see: as indices (:meth:`attention_window`, for the attention op) or as additive float masks
+    ``[B, 1, T_w, K]`` (:meth:`attention_mask`, for transformers' eager / sdpa), one per span, built lazily.
+    ``kv_capacity`` (decoding without gradients): attention blocks keep their K/V in a :class:`KVBuffer` of
+    that many keys."""
 
     position_embeddings: Any
     position_ids: Tensor  # [B, T_w]
@@ -139,21 +228,40 @@ class WindowContext:
     eviction_span: int | None  # sliding eviction: a query sees keys q - span < k <= q
     dtype: torch.dtype
     record_kv: bool = False
-    backend: str = "auto"
+    backend: str | dict = "auto"
+    kv_capacity: int | None = None
     _masks: dict = field(default_factory=dict)
+    _windows: dict = field(default_factory=dict)
+
+    def _span(self, sliding_window: int | None) -> int | None:
+        spans = [s for s in (sliding_window, self.eviction_span) if s is not None]
+        return min(spans) if spans else None
+
+    @property
+    def mixer_backend(self) -> str | dict:
+        """The backend setting without the attention entry (for the SSM mixers' ops)."""
+        if isinstance(self.backend, dict):
+            return {k: v for k, v in self.backend.items() if k != "attn"}
+        return self.backend
+
+    def attention_window(self, sliding_window: int | None = None) -> AttentionWindow:
+        """What an attention block with its own ``sliding_window`` (None = full attention) may see."""
+        span = self._span(sliding_window)
+        if span not in self._windows:
+            if "all_real" not in self._windows:  # one host sync per window, shared by its blocks
+                self._windows["all_real"] = self.token_mask is None and bool(self.k_valid.all())
+            valid = None if self._windows["all_real"] else self.k_valid
+            self._windows[span] = AttentionWindow(
+                self.q_index, self.k_index, valid, span, attention_backend(self.backend)
+            )
+        return self._windows[span]
 
     def attention_mask(self, sliding_window: int | None = None) -> Tensor:
         """Additive mask for an attention block with its own ``sliding_window`` (None = full attention)."""
-        spans = [s for s in (sliding_window, self.eviction_span) if s is not None]
-        span = min(spans) if spans else None
+        span = self._span(sliding_window)
         if span not in self._masks:
-            q = self.q_index[:, None]
-            k = self.k_index[None, :]
-            allowed = (k <= q)[None] & self.k_valid[:, None, :]
-            if span is not None:
-                allowed = allowed & ((q - k) < span)[None]
-            # a padded query sees at least itself, so no softmax row is empty (its output is never used)
-            allowed = allowed | (k == q)[None]
+            # the op's rule: causal, real keys, the span; a padded query sees at least itself
+            allowed = attention_op.allowed_keys(self.q_index, self.k_index, self.k_valid, span)
             mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
             mask = mask.masked_fill(~allowed, torch.finfo(self.dtype).min)
             self._masks[span] = mask[:, None]
@@ -386,10 +494,12 @@ def run_window(
     state: SleepState,
     sleep_rows: Tensor | None,
     want_sleep_h: bool = False,
+    mode: str | None = None,
 ) -> tuple[Tensor | None, Tensor | None, SleepState, int]:
     """Run ONE window of at most L tokens from ``state``.
 
-    ``sleep_rows`` ``[B]`` bool says which rows consolidate (None = every row is awake).
+    ``sleep_rows`` ``[B]`` bool says which rows consolidate (None = every row is awake). ``mode`` forces
+    "mixed" for any rows (see :func:`lockstep`); None = from ``sleep_rows``.
     Returns ``(h_wake, h_sleep, new_state, passes)``: hidden states after the final norm for the wake rows'
     branch (None if every row slept) and for the sleep branch (only with ``want_sleep_h``), the state for the
     next window, and the number of passes of the looped blocks that ran.
@@ -399,7 +509,10 @@ def run_window(
     if settings.window < T:
         raise SleepifyError(f"a window holds at most L = {settings.window} tokens, got {T}")
     mask = None if attention_mask is None else attention_mask.to(device=device, dtype=torch.bool)
-    if sleep_rows is None or not bool(sleep_rows.any()):
+    if mode == "mixed":
+        if sleep_rows is None:
+            sleep_rows = torch.zeros(B, dtype=torch.bool, device=device)
+    elif sleep_rows is None or not bool(sleep_rows.any()):
         mode = "wake"
     elif bool(sleep_rows.all()):
         mode = "sleep"
@@ -465,6 +578,8 @@ class OpenWindow:
         kept from the previous window (sliding eviction), then this window's columns so far.
     k_index / k_valid: absolute index ``[K]`` and realness ``[B, K]`` of those keys.
     offset / seen: absolute index of the next column; real tokens seen so far ``[B]``.
+    kv_buffers: the same K/V as preallocated :class:`KVBuffer` s (decoding without gradients), which the next
+        extension writes into in place; ``kv`` then holds views of them.
     """
 
     entry: SleepState
@@ -476,6 +591,7 @@ class OpenWindow:
     k_valid: Tensor | None
     offset: int
     seen: Tensor
+    kv_buffers: dict[tuple[int, int], KVBuffer] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -566,8 +682,13 @@ def extend_window(
         )
         h = h[:, -T:]
         kv, k_index, k_valid = window.kv, window.k_index, window.k_valid
+        buffers = window.kv_buffers
         seen = window.seen + (mask.long().sum(1) if mask is not None else T)
     else:
+        capacity = None
+        if not torch.is_grad_enabled():  # in-place writes would break autograd's saved tensors
+            kept = (0 if window.k_index is None else int(window.k_index.shape[0])) - window.length
+            capacity = kept + settings.window
         ctx, seen0, real = _window_context(
             stack,
             settings,
@@ -581,9 +702,14 @@ def extend_window(
             record_kv=True,
             batch_size=B,
         )
-        h, _, mixers, kv = _window_core(
-            stack, settings, "wake", None, input_ids, ctx, window.mixers, window.kv, False, [0]
+        ctx.kv_capacity = capacity
+        # a block's buffer when it has one (views of it otherwise: with gradients nothing is written in place)
+        kv_in = {**window.kv, **window.kv_buffers} if capacity is not None else window.kv
+        h, _, mixers, kv_full = _window_core(
+            stack, settings, "wake", None, input_ids, ctx, window.mixers, kv_in, False, [0]
         )
+        buffers = {key: x for key, x in kv_full.items() if isinstance(x, KVBuffer)}
+        kv = {key: x.view() if isinstance(x, KVBuffer) else x for key, x in kv_full.items()}
         k_index, k_valid = ctx.k_index, ctx.k_valid
         seen = seen0 + real.long().sum(1)
     out = OpenWindow(
@@ -596,6 +722,7 @@ def extend_window(
         k_valid=k_valid,
         offset=window.offset + T,
         seen=seen,
+        kv_buffers=buffers,
     )
     return stack.final_norm(h), out
 
@@ -658,6 +785,24 @@ def sleep_forward(
         raise ValueError(f"sleep_windows has {len(sleep_windows)} entries for {num_windows} windows")
     cut = num_windows - settings.truncate_windows if settings.truncate_windows else 0
 
+    all_sleep_rows: list[Tensor] = []
+    all_has_loss: list[bool] = []
+    for w, s in enumerate(starts):
+        tgt_w = None if targets is None else targets[:, s : s + L]
+        if sleep_windows is not None:
+            sleep_rows = torch.full((B,), bool(sleep_windows[w]), device=input_ids.device)
+        elif tgt_w is not None:
+            sleep_rows = ~(tgt_w != IGNORE).any(dim=1)
+        else:
+            sleep_rows = torch.full((B,), w < num_windows - 1, device=input_ids.device)
+        all_sleep_rows.append(sleep_rows)
+        all_has_loss.append(tgt_w is not None and bool((tgt_w != IGNORE).any()))
+    agree = _LOCKSTEP.get()
+    forced = [None] * num_windows
+    structural: Tensor | None = None  # zero-weighted sum over every window's output (lockstep only)
+    if agree is not None:
+        forced, all_has_loss = _agree_on_windows(agree, all_sleep_rows, all_has_loss)
+
     loss_sum: Tensor | None = None
     count = 0
     kinds: list[str] = []
@@ -667,25 +812,30 @@ def sleep_forward(
         ids_w = input_ids[:, s : s + L]
         mask_w = None if mask is None else mask[:, s : s + L]
         tgt_w = None if targets is None else targets[:, s : s + L]
-        if sleep_windows is not None:
-            sleep_rows = torch.full((B,), bool(sleep_windows[w]), device=input_ids.device)
-        elif tgt_w is not None:
-            sleep_rows = ~(tgt_w != IGNORE).any(dim=1)
-        else:
-            sleep_rows = torch.full((B,), w < num_windows - 1, device=input_ids.device)
+        sleep_rows = all_sleep_rows[w]
 
         if w == cut and w > 0:
             state = state.detach()
-        has_loss = tgt_w is not None and bool((tgt_w != IGNORE).any())
+        has_loss = all_has_loss[w]
         grad_ctx = torch.no_grad() if (w < cut and not has_loss) else _nullcontext()
         with grad_ctx:
-            want_sleep_h = logits == "all"
+            want_sleep_h = logits == "all" or agree is not None
             h_wake, h_sleep, state, n_passes = run_window(
-                stack, settings, ids_w, mask_w, state, sleep_rows, want_sleep_h=want_sleep_h
+                stack, settings, ids_w, mask_w, state, sleep_rows, want_sleep_h=want_sleep_h, mode=forced[w]
             )
+        if agree is not None and torch.is_grad_enabled():
+            for h in (h_wake, h_sleep):
+                if h is not None and h.requires_grad:
+                    term = h.float().sum() * 0.0
+                    structural = term if structural is None else structural + term
+        if logits != "all":
+            h_sleep = None
         if w < cut and has_loss:
             state = state.detach()
-        kind = "wake" if not bool(sleep_rows.any()) else ("sleep" if bool(sleep_rows.all()) else "mixed")
+        has_loss = tgt_w is not None and bool((tgt_w != IGNORE).any())
+        kind = forced[w] or (
+            "wake" if not bool(sleep_rows.any()) else ("sleep" if bool(sleep_rows.all()) else "mixed")
+        )
         kinds.append(kind)
         passes_run.append(n_passes)
         if on_window is not None:
@@ -719,7 +869,9 @@ def sleep_forward(
                 c = ref.new_full((B, n, ref.shape[-1]), float("nan"))
             parts.append(c)
         out_logits = torch.cat(parts, dim=1)
-    loss = None if loss_sum is None or count == 0 else loss_sum / count
+    if structural is not None:
+        loss_sum = structural if loss_sum is None else loss_sum + structural
+    loss = None if loss_sum is None or (count == 0 and structural is None) else loss_sum / max(count, 1)
     return SleepOutput(
         loss=loss,
         logits=out_logits,
@@ -729,6 +881,44 @@ def sleep_forward(
         num_loss_tokens=count,
         loss_sum=loss_sum,
     )
+
+
+_LOCKSTEP: ContextVar[Callable[[Tensor], Tensor] | None] = ContextVar("sleepify_lockstep", default=None)
+
+
+@contextmanager
+def lockstep(reduce_max: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Make :func:`sleep_forward` take the same control flow on every rank (module docstring: FSDP).
+
+    ``reduce_max(t)`` returns the elementwise maximum of ``t`` over the ranks (an all-reduce)."""
+    token = _LOCKSTEP.set(reduce_max)
+    try:
+        yield
+    finally:
+        _LOCKSTEP.reset(token)
+
+
+def _agree_on_windows(
+    reduce_max: Callable[[Tensor], Tensor], sleep_rows: list[Tensor], has_loss: list[bool]
+) -> tuple[list[str | None], list[bool]]:
+    """Per window: the kind every rank runs ("mixed" where the ranks' rows disagree, None = as local) and
+    whether any rank has loss there (decides ``no_grad`` under ``truncate_windows`` the same everywhere)."""
+    n = len(sleep_rows)
+    device = sleep_rows[0].device
+    flags = torch.zeros(n + 1, 3, dtype=torch.long, device=device)
+    flags[0, 0] = n
+    for w, rows in enumerate(sleep_rows):
+        flags[w + 1] = torch.stack([rows.any(), (~rows).any(), torch.tensor(has_loss[w], device=device)])
+    agreed = reduce_max(flags).tolist()
+    if agreed[0][0] != n:
+        raise SleepifyError(
+            f"lockstep: this rank has {n} windows, another has {agreed[0][0]}: pad every rank's batch to "
+            "the same length"
+        )
+    kinds: list[str | None] = [
+        "mixed" if any_sleep and any_wake else None for any_sleep, any_wake, _ in agreed[1:]
+    ]
+    return kinds, [bool(x[2]) for x in agreed[1:]]
 
 
 class _nullcontext:

@@ -192,12 +192,24 @@ def test_memory_sleepify_flat_base_grows(tiny_model_dir: Path) -> None:
             model.base(ids, past_key_values=cache, use_cache=True)
         assert dec.window.length == fill
         held[context] = decoder_bytes(dec)
-        # the open window: K/V of its `fill` columns in each attention layer, the Jet state twice (the one
-        # the window started from, for the consolidation, and the current one), and small index tensors
-        core = TINY.num_layers * fill * kv_token + 2 * len(TINY.jet_layers) * _mixer_bytes(TINY)
+        # the open window: each attention layer's K/V buffer, preallocated for the whole window (L keys, hard
+        # eviction) and written in place, the Jet state twice (the one the window started from, for the
+        # consolidation, and the current one), and small index tensors
+        core = TINY.num_layers * L * kv_token + 2 * len(TINY.jet_layers) * _mixer_bytes(TINY)
         assert core <= held[context] <= core + 32 * fill + 64
         cached[context] = cache_bytes(cache)
         assert cached[context] == TINY.num_layers * context * kv_token
     small, large = sorted(held)
     assert held[small] == held[large]
     assert cached[large] / cached[small] == pytest.approx(large / small)
+
+
+def test_bench_compiled_stream(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile adds an interleaved SleepDecoder(compile=True) stream and its table (torch.compile is
+    replaced by the identity here: compiled decoding itself is tested in tests/test_generation.py)."""
+    compiled: list[object] = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or module)
+    res = run_bench(tiny_model_dir, contexts=[L + 3], steps=3, passes=[1], repeats=1, compile=True)
+    assert compiled and [r["context"] for r in res["decode"]["sleepify_compiled"]] == [L + 3]
+    assert res["ratios"]["compiled_over_eager_at_reference"] > 0
+    assert "compiled / eager" in format_report(res)

@@ -338,3 +338,126 @@ def test_fixture_families_incremental(tmp_path: Path, fixtures_dir: Path, name: 
         got[p] = dec.feed(ids[:, p : p + 1])[:, -1]
     for p in range(15):
         torch.testing.assert_close(got[p], prefix_logits(model, ids, None, p), atol=5e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# attention paths, preallocated K/V, compiled decode step
+
+
+def set_attention(model, impl: str) -> None:
+    """Switch the base layers between the window attention op ("sleepify") and transformers' own paths."""
+    model.base.config._attn_implementation = impl
+
+
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_attention_op_equals_transformers_mask_path(tiny_run: Path, eviction: str) -> None:
+    """The window attention op (indices; SDPA and the torch reference) = transformers' eager attention with
+    the engine's 4-D mask: the forward with left padding, its gradients, and incremental decoding."""
+    model = load(tiny_run, 2, eviction).train()
+    ids = torch.randint(4, 100, (2, 21))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    results = []
+    for impl, backend in (("eager", None), ("sleepify", None), ("sleepify", {"attn": "torch"})):
+        set_attention(model, impl)
+        model.zero_grad()
+        out = model(ids, attention_mask=mask, labels=ids, sleep_passes=2, backend=backend)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        with torch.no_grad():
+            dec = SleepDecoder(model, backend=backend)
+            steps = [dec.feed(ids[:, :6], mask[:, :6], logits="all")]
+            steps += [dec.feed(ids[:, p : p + 1]) for p in range(6, 21)]
+        results.append((out.loss, grads, torch.cat(steps, dim=1)))
+    set_attention(model, "sleepify")
+    ref_loss, ref_grads, ref_steps = results[0]
+    for loss, grads, steps in results[1:]:
+        torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+        for a, b in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(steps, ref_steps, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_decode_writes_kv_in_place(tiny_run: Path, eviction: str) -> None:
+    """Decode steps write K/V into a buffer preallocated for the window (L keys, 2L - 1 with the kept keys of
+    sliding eviction): the storage does not move within a window, and the window's K/V are views of it."""
+    model = load(tiny_run, 2, eviction)
+    dec = SleepDecoder(model)
+    dec.feed(torch.randint(4, 100, (2, L + 2)))  # one sleep, then 2 columns of the second window
+    bufs = dec.window.kv_buffers
+    assert bufs and bufs.keys() == dec.window.kv.keys()
+    capacity = 2 * L - 1 if eviction == "sliding" else L
+    ptrs = {key: b.key.data_ptr() for key, b in bufs.items()}
+    for _ in range(L - 2):
+        dec.feed(torch.randint(4, 100, (2, 1)))
+    for key, b in dec.window.kv_buffers.items():
+        assert b.key.shape[2] == capacity and b.key.data_ptr() == ptrs[key]
+        k, _ = dec.window.kv[key]
+        assert k.data_ptr() == b.key.data_ptr() and k.shape[2] == b.length == capacity
+
+
+def test_fla_attention_in_the_model(tiny_run: Path) -> None:
+    """backend={"attn": "fla"}: fla's parallel_attn (prompt, consolidation) and attn_decoding_one_step (decode
+    steps) in the model, against the default path (TRITON_INTERPRET=1 on CPU)."""
+    import os
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    model = load(tiny_run, 1)
+    ids = torch.randint(4, 100, (1, L))  # tiny: the interpreter is slow
+    ref, fla = SleepDecoder(model), SleepDecoder(model, backend={"attn": "fla"})
+    torch.testing.assert_close(fla.feed(ids[:, :5]), ref.feed(ids[:, :5]), atol=2e-5, rtol=1e-4)
+    for p in range(5, L):
+        step = fla.feed(ids[:, p : p + 1])
+        torch.testing.assert_close(step, ref.feed(ids[:, p : p + 1]), atol=2e-5, rtol=1e-4)
+
+
+def test_compiled_decode_step_matches_eager(tiny_run: Path) -> None:
+    """SleepDecoder(compile=True): the decode steps through torch.compile'd blocks give the eager logits,
+    across a sleep."""
+    model = load(tiny_run, 2)
+    ids = torch.randint(4, 100, (2, L + 4))
+    eager, compiled = SleepDecoder(model), SleepDecoder(model, compile=True)
+    torch.testing.assert_close(compiled.feed(ids[:, :3]), eager.feed(ids[:, :3]))
+    for p in range(3, ids.shape[1]):
+        want = eager.feed(ids[:, p : p + 1])
+        torch.testing.assert_close(compiled.feed(ids[:, p : p + 1]), want, atol=1e-5, rtol=1e-4)
+    tokens = generate(model, ids[:, :3], max_new_tokens=6, compile=True).tokens
+    assert tokens == generate(model, ids[:, :3], max_new_tokens=6).tokens
+
+
+@requires_cuda
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_gpu_flash_attention_decode(tiny_run: Path, eviction: str) -> None:
+    """bf16 on CUDA: flash-attn (flash_attn_func for windows, flash_attn_with_kvcache on the K/V buffers of
+    decode steps) against SDPA, prompt and decode steps across two sleeps."""
+    from sleepify.ops.attention import flash_attn_available
+
+    if not flash_attn_available():
+        pytest.skip("needs flash-attn")
+    model = load(tiny_run, 2, eviction).cuda().to(torch.bfloat16)
+    ids = torch.randint(4, 100, (2, 2 * L + 3), device="cuda")
+    a, b = SleepDecoder(model, backend={"attn": "sdpa"}), SleepDecoder(model, backend={"attn": "flash"})
+    torch.testing.assert_close(b.feed(ids[:, :5]), a.feed(ids[:, :5]), atol=5e-2, rtol=5e-2)
+    for p in range(5, ids.shape[1]):
+        got = b.feed(ids[:, p : p + 1])
+        torch.testing.assert_close(got, a.feed(ids[:, p : p + 1]), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("name", ["ouro-tiny", "jet-nemotron-tiny"])
+def test_attention_op_in_native_families(tmp_path: Path, fixtures_dir: Path, name: str) -> None:
+    """Ouro (HF-style layers) and Jet-Nemotron (its own attention, SWA) through the window attention op equal
+    their transformers SDPA + 4-D mask path (real positions of a left-padded batch, sliding eviction)."""
+    out = convert(str(fixtures_dir / name), out_dir=tmp_path / "out", overrides=["sleep.window=6"], log=None)
+    model = AutoModelForCausalLM.from_pretrained(out.out_dir).eval()
+    model.config.eviction = "sliding"
+    assert model.base.config._attn_implementation == "sleepify"  # the default ("sdpa") maps to the op
+    ids = torch.randint(4, model.config.vocab_size, (2, 14))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask, logits="all").logits
+        set_attention(model, "sdpa")
+        want = model(ids, attention_mask=mask, logits="all").logits
+    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], atol=2e-5, rtol=1e-4)

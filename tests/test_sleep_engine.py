@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from sleepify.errors import SleepifyError
 from tests.models.test_hybrid import FAMILIES, SMALL, build
 
 L = 4
@@ -194,3 +195,43 @@ def test_no_labels_sleeps_every_window_but_the_last():
         out = model(ids, sleep_passes=2)
     assert out.window_kinds == ["sleep", "sleep", "wake"]
     assert torch.isnan(out.logits[:, : 2 * L]).all() and not torch.isnan(out.logits[:, 2 * L :]).any()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "ouro"])
+def test_lockstep_runs_what_another_rank_needs_with_the_same_result(family):
+    """Under ``lockstep`` (sharded training) a window runs "mixed" when another rank disagrees on its kind:
+    the loss and the gradients are those of the local decision, and every block call's output reaches the
+    backward pass (a zero-weighted term), so each rank's backward visits the same calls."""
+    from sleepify.sleep import lockstep
+
+    torch.manual_seed(0)
+    _, model = build(FAMILIES[family](), jet_after=(1,), window=L)
+    perturb_jets(model)
+    model.train()
+    ids = torch.randint(0, 64, (2, 3 * L))
+    labels = last_window_labels(ids)  # locally: sleep, sleep, wake
+
+    def loss_and_grads(**kw):
+        model.zero_grad()
+        out = model(ids, labels=labels, sleep_passes=2)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    plain, plain_grads = loss_and_grads()
+    # the other rank: its rows are awake in window 1 and asleep in window 2
+    other = torch.tensor([[3, 0, 0], [0, 0, 0], [0, 1, 1], [1, 0, 0]])  # rows: n, then per window
+    with lockstep(lambda flags: torch.maximum(flags, other)):
+        synced, synced_grads = loss_and_grads()
+    assert plain.window_kinds == ["sleep", "sleep", "wake"]
+    assert synced.window_kinds == ["sleep", "mixed", "mixed"]
+    torch.testing.assert_close(synced.loss, plain.loss)
+    assert synced_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(synced_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+    longer = torch.tensor([[4, 0, 0]] + [[0, 0, 0]] * 3)  # another rank cut 4 windows
+    with (
+        lockstep(lambda flags: torch.maximum(flags, longer)),
+        pytest.raises(SleepifyError, match="this rank has 3 windows, another has 4"),
+    ):
+        model(ids, labels=labels)

@@ -43,6 +43,12 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda")
 @click.option("--threads", type=int, help="torch CPU threads (default: torch's)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the numbers to this file")
+@click.option(
+    "--compile",
+    "compile_step",
+    is_flag=True,
+    help="also time decoding with the decode step torch.compile'd (SleepDecoder(compile=True))",
+)
 def bench(
     model: str | None,
     contexts: str | None,
@@ -53,6 +59,7 @@ def bench(
     device: str,
     threads: int | None,
     json_out: str | None,
+    compile_step: bool,
 ) -> None:
     """Benchmark decoding of MODEL_DIR (default: a small converted Qwen2 built in a temp folder)."""
     import torch
@@ -82,6 +89,7 @@ def bench(
         repeats=repeats if repeats is not None else (1 if quick else 5),
         device=device,
         log=lambda msg: click.echo(msg, err=True),
+        compile=compile_step,
     )
     click.echo(format_report(res))
     if json_out:

@@ -55,6 +55,12 @@ def _model_folder(source: str | None) -> Path | str:
     show_default=True,
 )
 @click.option("--no-stream", is_flag=True, help="print the texts at the end instead of token by token")
+@click.option(
+    "--compile",
+    "compile_step",
+    is_flag=True,
+    help="torch.compile the decode step's blocks (the first steps pay the compilation)",
+)
 def generate(
     model: str | None,
     prompts: tuple[str, ...],
@@ -72,6 +78,7 @@ def generate(
     device: str,
     dtype: str,
     no_stream: bool,
+    compile_step: bool,
 ) -> None:
     """Generate from a sleep-capable model folder (an export, a stage's model, or runs/latest)."""
     texts = list(prompts) + [Path(f).read_text() for f in prompt_files]
@@ -130,7 +137,7 @@ def generate(
                 click.echo(piece, nl=False)
                 sys.stdout.flush()
 
-        decoder = SleepDecoder(net, backend=backend, passes=passes)
+        decoder = SleepDecoder(net, backend=backend, passes=passes, compile=compile_step)
         res = run_generate(
             net,
             enc.input_ids,

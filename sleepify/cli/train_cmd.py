@@ -45,7 +45,7 @@ def run_stage(
     overrides: tuple[str, ...],
     shorthands: dict[str, object],
     out: str | None,
-    resume: bool,
+    resume: bool | str,
     runs_root: Path = Path("runs"),
     progress: bool = True,
 ) -> Path:
@@ -57,6 +57,7 @@ def run_stage(
     from sleepify.convert import LATEST_POINTER
     from sleepify.evaluation import resolve_model_dir
     from sleepify.training.loop import init_distributed, train
+    from sleepify.training.parallel import full_model_state
 
     model_dir = resolve_model_dir(source, runs_root)  # a converted model folder, a stage folder, runs/latest
     stored = model_dir / RESOLVED_RECIPE_FILE
@@ -88,7 +89,22 @@ def run_stage(
     name_dir = model_dir.parent.parent if model_dir.name == "model" else model_dir.parent
     run_dir = Path(out) if out else name_dir / stage
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 touches the run folder
-    if is_main and run_dir.exists() and any(run_dir.iterdir()) and not (resume or rec.run.overwrite):
+    restart = False
+    if resume == "auto":  # continue if a checkpoint exists, else start fresh (a relaunched preempted job)
+        from sleepify.training.checkpoint import latest_checkpoint
+
+        restart = latest_checkpoint(run_dir) is None
+        if restart and is_main and run_dir.is_dir():
+            # what a killed attempt logged before its first checkpoint is discarded with it
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    resume = bool(resume) and not restart
+    if (
+        is_main
+        and run_dir.exists()
+        and any(run_dir.iterdir())
+        and not (resume or restart or rec.run.overwrite)
+    ):
         raise SleepifyError(f"{run_dir} exists and is not empty: pass --resume, --overwrite or another --out")
     if is_main and rec.run.overwrite and run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
@@ -122,13 +138,14 @@ def run_stage(
         ).loss
 
     train(model, split, rec.train, run_dir, pad_id=pad_id, loss_fn=loss_fn, resume=resume, progress=progress)
+    weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
     if distributed:
         import torch.distributed as dist
 
         if dist.get_rank() != 0:
             return run_dir / "model"
     final = run_dir / "model"
-    model.save_pretrained(final)
+    model.save_pretrained(final, state_dict=weights)
     # a model folder may have no tokenizer (built-in char models keep theirs with the data)
     with contextlib.suppress(OSError, ValueError):
         AutoTokenizer.from_pretrained(model_dir).save_pretrained(final)
@@ -159,14 +176,23 @@ def _stage_command(stage: str, doc: str) -> click.Command:
     @click.option("--data", "data_path", help="dataset folder (data.path)")
     @click.option("--steps", type=int, help="optimizer steps (train.steps)")
     @click.option("--out", help="run folder for this stage (default: next to the previous stage)")
-    @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in the run folder")
+    @click.option(
+        "--resume",
+        type=click.Choice(["latest", "auto"]),
+        is_flag=False,
+        flag_value="latest",
+        default=None,
+        help="continue from the latest checkpoint in the run folder (an error if there is none); "
+        "`--resume auto`: continue if there is one, else start fresh (relaunching a preempted job)",
+    )
     @click.option("--overwrite", is_flag=True, help="replace a non-empty run folder")
     @click.option(
         "--nproc",
         type=int,
         default=1,
         show_default=True,
-        help="processes on this machine (re-launches itself through torchrun; DDP)",
+        help="processes on this machine (re-launches itself through torchrun; DDP, or FSDP2 with "
+        "train.distributed=fsdp)",
     )
     def command(
         model: str | None,
@@ -177,7 +203,7 @@ def _stage_command(stage: str, doc: str) -> click.Command:
         data_path: str | None,
         steps: int | None,
         out: str | None,
-        resume: bool,
+        resume: str | None,
         overwrite: bool,
         nproc: int,
     ) -> None:
@@ -189,7 +215,8 @@ def _stage_command(stage: str, doc: str) -> click.Command:
                                 ("--out", out)):  # fmt: skip
                 if value is not None:
                     args += [flag, str(value)]
-            args += [f for f, on in (("--resume", resume), ("--overwrite", overwrite)) if on]
+            args += ["--resume", resume] if resume else []
+            args += ["--overwrite"] if overwrite else []
             launch_torchrun(nproc, [*args, *overrides])
             return
         shorthands = {
@@ -199,7 +226,7 @@ def _stage_command(stage: str, doc: str) -> click.Command:
             "train.steps": steps,
             "run.overwrite": "true" if overwrite else None,
         }
-        final = run_stage(stage, model, recipes, overrides, shorthands, out, resume)
+        final = run_stage(stage, model, recipes, overrides, shorthands, out, resume or False)
         click.echo(f"{stage} done: model in {final}")
 
     return command

@@ -109,6 +109,11 @@ class TrainSection(Section):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     clip_grad_norm: float | None = Field(1.0, gt=0)
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (CUDA only)")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="under torchrun: ddp (a model copy per rank) or fsdp (FSDP2: weights, gradients and "
+        "optimizer state sharded across ranks, for models that do not fit one GPU)",
+    )
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = only at the end")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)

@@ -6,10 +6,12 @@
 | ``dynamic_conv`` / ``dynamic_conv_step`` | torch | our Triton kernels (CUDA; interpreter on CPU) |
 | ``short_conv`` / ``short_conv_step`` | torch (``F.conv1d``) | — |
 | ``gated_rmsnorm`` | torch | fla's fused kernel (CUDA) |
+| ``window_attention`` | fp32 masked softmax | SDPA, flash-attn (CUDA fp16/bf16), fla attention (Triton) |
 
-GPU libraries (Triton kernels, fla) are imported only when their backend is selected.
+GPU libraries (Triton kernels, fla, flash-attn) are imported only when their backend is selected.
 """
 
+from sleepify.ops.attention import window_attention
 from sleepify.ops.dynamic_conv import dynamic_conv, dynamic_conv_step
 from sleepify.ops.gated_delta_rule import gated_delta_rule, l2norm
 from sleepify.ops.gated_rmsnorm import gated_rmsnorm
@@ -23,4 +25,5 @@ __all__ = [
     "l2norm",
     "short_conv",
     "short_conv_step",
+    "window_attention",
 ]

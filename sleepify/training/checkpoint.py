@@ -1,9 +1,11 @@
 """Training checkpoints: written to a temporary folder and renamed, so a kill (or a full disk) mid-save
 never corrupts the last good checkpoint.
 
-A checkpoint folder ``checkpoints/step-000123/`` holds ``model.safetensors`` (the weights: safetensors
-only, no pickle), ``trainer_state.pt`` (optimizer, scheduler, RNG states and data position: plain
-tensors and numbers, loaded with ``weights_only=True``) and ``meta.json``.
+A checkpoint folder ``checkpoints/step-000123/`` holds ``model.safetensors`` (the full weights keyed by
+parameter name: safetensors only, no pickle), ``optimizer.pt`` (the optimizer state keyed by parameter
+name), ``trainer_state.pt`` (scheduler, RNG states and data position) — both plain tensors and numbers,
+loaded with ``weights_only=True`` — and ``meta.json``. Full, name-keyed state
+(``sleepify/training/parallel.py``) makes a checkpoint independent of how the run was distributed.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
-from torch import nn
+from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
@@ -63,7 +65,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
-    model: nn.Module,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
     trainer_state: dict[str, Any],
     meta: dict[str, Any] | None = None,
     keep: int = 2,
@@ -75,7 +78,8 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(trainer_state, tmp / "trainer_state.pt")
     # meta.json last: its presence marks the checkpoint complete
     (tmp / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
@@ -90,17 +94,40 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: str | Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load weights into ``model``; return (trainer_state, meta)."""
-    path = Path(path)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        from sleepify.errors import ModelLoadError
+@dataclass
+class Checkpoint:
+    weights: dict[str, torch.Tensor] | None  # None when not read
+    optimizer: dict[str, Any] | None
+    trainer_state: dict[str, Any]
+    meta: dict[str, Any]
 
-        raise ModelLoadError(
-            f"checkpoint {path} does not match the model: missing {sorted(missing)}, "
-            f"unexpected {sorted(unexpected)}"
-        )
+
+def load_checkpoint(
+    path: str | Path, expected: dict[str, tuple[int, ...]] | None = None, full: bool = True
+) -> Checkpoint:
+    """Read a checkpoint. ``expected``: name -> shape of the weights the model holds; any difference is an
+    error that lists the mismatched weights. ``full=False`` skips the weights and the optimizer state
+    (the ranks of a sharded run that receive them from rank 0)."""
+    path = Path(path)
+    weights = optimizer = None
+    if full:
+        weights = load_file(str(path / "model.safetensors"))
+        optimizer = torch.load(path / "optimizer.pt", weights_only=True)
+    if weights is not None and expected is not None:
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        shapes = [
+            f"{k} {tuple(weights[k].shape)} vs {tuple(expected[k])}"
+            for k in sorted(set(expected) & set(weights))
+            if tuple(weights[k].shape) != tuple(expected[k])
+        ]
+        if missing or unexpected or shapes:
+            from sleepify.errors import ModelLoadError
+
+            raise ModelLoadError(
+                f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}, "
+                f"other shapes {shapes}"
+            )
     trainer_state = torch.load(path / "trainer_state.pt", weights_only=True)
     meta = json.loads((path / "meta.json").read_text())
-    return trainer_state, meta
+    return Checkpoint(weights, optimizer, trainer_state, meta)

@@ -51,9 +51,12 @@ class DeterministicOrder:
         return out
 
 
-def collate(rows: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad ``input_ids`` / ``loss_mask`` (and ``attention_mask`` if present) to the longest row."""
-    length = max(len(r["input_ids"]) for r in rows)
+def collate(
+    rows: Sequence[dict[str, Any]], pad_id: int, length: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Left-pad ``input_ids`` / ``loss_mask`` (and ``attention_mask`` if present) to the longest row (or to
+    ``length`` when longer: sharded training pads every rank to the same length)."""
+    length = max([len(r["input_ids"]) for r in rows] + [length or 0])
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     attn = torch.zeros(len(rows), length, dtype=torch.long)
     loss = torch.zeros(len(rows), length, dtype=torch.long)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from sleepify.config.schema import TrainSection
 from sleepify.errors import TrainingError
+from sleepify.sleep import lockstep
 from sleepify.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -34,6 +35,14 @@ from sleepify.training.checkpoint import (
 )
 from sleepify.training.data import DataPosition, DeterministicOrder, collate, micro_batches
 from sleepify.training.optim import MuonAdamW, build_schedulers, select_trainable
+from sleepify.training.parallel import (
+    apply_fsdp,
+    barrier,
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
+)
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -88,6 +97,16 @@ class MetricsLog:
             self.wandb.finish()
 
 
+def _all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def _max_over_ranks(value: int, device: torch.device) -> int:
+    return int(_all_reduce_max(torch.tensor([value], device=device)).item())
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -114,6 +133,10 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(train_cfg.seed)
     select_trainable(model, train_cfg.trainable)
+    fsdp = world > 1 and train_cfg.distributed == "fsdp"
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if fsdp:
+        apply_fsdp(model)  # before the optimizer: it must hold the sharded parameters
     optim = MuonAdamW(model, train_cfg)
     schedulers = build_schedulers(optim, train_cfg)
     order = DeterministicOrder(len(dataset), train_cfg.seed)
@@ -122,8 +145,12 @@ def train(
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise TrainingError(f"nothing to resume: {run_dir} holds no complete checkpoint")
-        state, _ = load_checkpoint(ckpt, model)
-        optim.load_state_dict(state["optimizer"])
+        # under FSDP rank 0 reads the weights and optimizer state and broadcasts them (the other ranks
+        # pass empty dicts); every rank reads the small rest
+        loaded = load_checkpoint(ckpt, expected, full=not (fsdp and rank != 0))
+        load_full_model_state(model, loaded.weights or {})
+        load_full_optimizer_state(model, optim.optimizers, loaded.optimizer or {})
+        state = loaded.trainer_state
         for sched, s in zip(schedulers, state["schedulers"], strict=True):
             sched.load_state_dict(s)
         order.position = DataPosition(**state["data_position"])
@@ -131,7 +158,7 @@ def train(
         step = int(state["step"])
 
     ddp_model = model
-    if world > 1:
+    if world > 1 and not fsdp:
         ddp_model = nn.parallel.DistributedDataParallel(model)
 
     if train_cfg.batch_size % world:
@@ -153,23 +180,32 @@ def train(
     tokens_seen, t0 = 0, time.perf_counter()
 
     def checkpoint(at: int) -> None:
-        if not is_main:
+        # under FSDP gathering the full state is collective: every rank takes part, rank 0 writes
+        if not (is_main or fsdp):
             return
-        state = {
-            "step": at,
-            "optimizer": optim.state_dict(),
-            "schedulers": [s.state_dict() for s in schedulers],
-            "data_position": order.position.to_dict(),
-            "rng": rng_state(),
-        }
-        save_checkpoint(
-            run_dir,
-            at,
-            model,
-            state,
-            {"loss": losses[-1] if losses else None},
-            keep=train_cfg.keep_checkpoints,
-        )
+        weights = full_model_state(model)
+        optimizer = full_optimizer_state(model, optim.optimizers)
+        if is_main:
+            state = {
+                "step": at,
+                "schedulers": [s.state_dict() for s in schedulers],
+                "data_position": order.position.to_dict(),
+                "rng": rng_state(),
+            }
+            save_checkpoint(
+                run_dir,
+                at,
+                weights,
+                optimizer,
+                state,
+                {
+                    "loss": losses[-1] if losses else None,
+                    "distributed": train_cfg.distributed if world > 1 else None,
+                },
+                keep=train_cfg.keep_checkpoints,
+            )
+        if fsdp:
+            barrier()
 
     model.train()
     try:
@@ -180,10 +216,16 @@ def train(
             n_loss_tokens = 0
             chunks = list(micro_batches(indices, micro))
             for i, chunk in enumerate(chunks):
-                batch = {k: v.to(device) for k, v in collate([dataset[j] for j in chunk], pad_id).items()}
+                rows = [dataset[j] for j in chunk]
+                length = _max_over_ranks(max(len(r["input_ids"]) for r in rows), device) if fsdp else None
+                batch = {k: v.to(device) for k, v in collate(rows, pad_id, length).items()}
                 sync = i == len(chunks) - 1 or world == 1
-                ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                with ctx, autocast:
+                ctx = (
+                    ddp_model.no_sync() if (world > 1 and not sync and not fsdp) else contextlib.nullcontext()
+                )
+                if fsdp:  # accumulate unsharded gradients; reduce-scatter after the last micro-batch
+                    model.set_requires_gradient_sync(sync)
+                with ctx, autocast, lockstep(_all_reduce_max) if fsdp else contextlib.nullcontext():
                     loss = loss_fn(ddp_model, batch)
                 (loss * len(chunk) / per_rank).backward()
                 step_loss += loss.item() * len(chunk) / per_rank
@@ -200,7 +242,8 @@ def train(
             grad_norm = None
             if train_cfg.clip_grad_norm:
                 params = [p for p in model.parameters() if p.grad is not None]
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, train_cfg.clip_grad_norm))
+                norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.clip_grad_norm)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             optim.step()
             for s in schedulers:
                 s.step()

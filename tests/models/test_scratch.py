@@ -263,9 +263,9 @@ def _train_recording(
     seen: list[list[tuple[int, ...]]] = []
     real_collate = training_data.collate
 
-    def recording(rows, pad_id):  # noqa: ANN001, ANN202
+    def recording(rows, pad_id, length=None):  # noqa: ANN001, ANN202
         seen.append([tuple(r["input_ids"]) for r in rows])
-        return real_collate(rows, pad_id)
+        return real_collate(rows, pad_id, length)
 
     monkeypatch.setattr(loop_module, "collate", recording)
     invoke(["train", str(tiny), "--data", str(data), "--N", str(passes), "--steps", "3", "--out", str(out)])

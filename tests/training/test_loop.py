@@ -95,13 +95,15 @@ def test_interrupted_save_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch
     def disk_full(*args, **kwargs):  # noqa: ANN002, ANN003
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod, "save_model", disk_full)
+    monkeypatch.setattr(ckpt_mod, "save_file", disk_full)
     with pytest.raises(OSError):
-        ckpt_mod.save_checkpoint(tmp_path, 3, TinyLM(), {"step": 3})
+        ckpt_mod.save_checkpoint(tmp_path, 3, TinyLM().state_dict(), {}, {"step": 3})
     assert latest_checkpoint(tmp_path) == good
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000001", "step-0000002"]
-    model = TinyLM()
-    ckpt_mod.load_checkpoint(good, model)  # still loads
+    expected = {k: tuple(v.shape) for k, v in TinyLM().state_dict().items()}
+    loaded = ckpt_mod.load_checkpoint(good, expected)  # still loads
+    assert loaded.trainer_state["step"] == 2 and set(loaded.weights) == set(expected)
+    assert set(loaded.optimizer) == {"state", "param_groups"}
 
 
 def test_nan_loss_stops_with_clear_message(tmp_path: Path) -> None:
@@ -162,3 +164,14 @@ def test_collate_left_pads() -> None:
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch["loss_mask"].tolist() == [[0, 0, 1], [0, 0, 1]]
+
+
+def test_resume_into_another_model_lists_the_mismatched_weights(tmp_path: Path) -> None:
+    from sleepify.errors import ModelLoadError
+
+    train(TinyLM(), dataset(), cfg(steps=1), tmp_path, progress=False)
+    with pytest.raises(ModelLoadError) as err:
+        train(TinyLM(d=24), dataset(), cfg(steps=2), tmp_path, resume=True, progress=False)
+    message = str(err.value)
+    assert "does not match the model" in message and "embed_tokens.weight (11, 16) vs (11, 24)" in message
+    assert latest_checkpoint(tmp_path).name == "step-0000001"  # untouched

@@ -27,16 +27,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import AttentionInterface
 
 from sleepify.layers.state import MixerState
-from sleepify.sleep import WindowContext
+from sleepify.sleep import AttentionWindow, KVBuffer, WindowContext
 
 __all__ = [
+    "SLEEPIFY_ATTENTION",
     "SUPPORTED_FAMILIES",
     "Family",
     "LayerInfo",
     "family_for",
     "layer_plan",
+    "sleepify_attention_forward",
 ]
 
 
@@ -51,15 +54,55 @@ class LayerInfo:
 # blocks
 
 
+SLEEPIFY_ATTENTION = "sleepify"
+
+
+def sleepify_attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sleepify_window: AttentionWindow | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """transformers attention function ``"sleepify"``: the window attention op (``sleepify.ops.attention``:
+    SDPA on CPU, flash-attn / fla where they apply) on the window the engine describes in
+    ``sleepify_window``. Called without one (the base model run on its own), it is transformers' SDPA."""
+    if sleepify_window is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    out = sleepify_window.attend(query, key, value, scale=scaling, dropout_p=dropout)
+    return out.transpose(1, 2), None  # [B, Tq, H, D], as transformers' attention functions return
+
+
+AttentionInterface.register(SLEEPIFY_ATTENTION, sleepify_attention_forward)
+
+
 class _KVRecorder:
     """Stands in for a transformers ``Cache`` during one attention call: prepends the kept K/V (if any) and
-    records the full K/V the layer attended to (the engine keeps the last ``L - 1`` after the window)."""
+    records the full K/V the layer attended to (the engine keeps the last ``L - 1`` after the window).
+    With ``capacity`` (decoding) the K/V live in a preallocated :class:`KVBuffer`: new keys are written in
+    place and the layer attends to a view, instead of concatenating prefix and new keys every step."""
 
-    def __init__(self, prefix: tuple[Tensor, Tensor] | None):
+    def __init__(self, prefix: tuple[Tensor, Tensor] | KVBuffer | None, capacity: int | None = None):
         self.prefix = prefix
-        self.full: tuple[Tensor, Tensor] | None = None
+        self.capacity = capacity
+        self.full: tuple[Tensor, Tensor] | KVBuffer | None = None
 
     def update(self, key: Tensor, value: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if self.capacity is not None or isinstance(self.prefix, KVBuffer):
+            buf = self.prefix
+            if not isinstance(buf, KVBuffer):
+                prefix = None if buf is None else (buf[0].to(key.dtype), buf[1].to(value.dtype))
+                buf = KVBuffer.allocate(prefix, key, value, self.capacity)
+            self.full = buf.append(key, value)
+            return self.full.view()
         if self.prefix is not None:
             key = torch.cat([self.prefix[0].to(key.dtype), key], dim=2)
             value = torch.cat([self.prefix[1].to(value.dtype), value], dim=2)
@@ -68,7 +111,9 @@ class _KVRecorder:
 
 
 class HFAttentionBlock:
-    """A transformers decoder layer (attention + MLP) called with the window's 4-D additive mask."""
+    """A transformers decoder layer (attention + MLP). With the ``"sleepify"`` attention implementation it
+    gets the window as indices (``sleepify_window``, for the window attention op); with any other (eager,
+    sdpa) the window's 4-D additive mask."""
 
     stateful = False
 
@@ -79,15 +124,23 @@ class HFAttentionBlock:
         self.sliding_window = info.sliding_window
         self.inserted = False
         self._pass_position_ids = pass_position_ids
+        self._attn_config = layer.self_attn.config
 
     def __call__(self, h: Tensor, ctx: WindowContext, state: Any) -> tuple[Tensor, Any]:
-        recorder = _KVRecorder(state) if (ctx.record_kv or state is not None) else None
+        recorder = None
+        if ctx.record_kv or state is not None:
+            recorder = _KVRecorder(state, ctx.kv_capacity if ctx.record_kv else None)
         kwargs: dict[str, Any] = {}
         if self._pass_position_ids:
             kwargs["position_ids"] = ctx.position_ids
+        if self._attn_config._attn_implementation == SLEEPIFY_ATTENTION:
+            mask = None
+            kwargs["sleepify_window"] = ctx.attention_window(self.sliding_window)
+        else:
+            mask = ctx.attention_mask(self.sliding_window)
         out = self.module(
             h,
-            attention_mask=ctx.attention_mask(self.sliding_window),
+            attention_mask=mask,
             position_embeddings=ctx.position_embeddings,
             past_key_values=recorder,
             **kwargs,
@@ -110,7 +163,9 @@ class InsertedJetBlock:
         self.module = block
 
     def __call__(self, h: Tensor, ctx: WindowContext, state: MixerState | None) -> tuple[Tensor, MixerState]:
-        return self.module(h, state, attention_mask=ctx.token_mask, output_state=True, backend=ctx.backend)
+        return self.module(
+            h, state, attention_mask=ctx.token_mask, output_state=True, backend=ctx.mixer_backend
+        )
 
 
 class JetNemotronBlock:
@@ -118,6 +173,7 @@ class JetNemotronBlock:
 
     inserted = False
     has_mlp = True
+    compilable = False  # __call__ sets the attention's sliding window per call: compiled, it would recompile
 
     def __init__(self, layer: nn.Module, info: LayerInfo):
         self.module = layer
@@ -129,7 +185,7 @@ class JetNemotronBlock:
         layer = self.module
         if self.stateful:
             return layer(
-                h, state=state, attention_mask=ctx.token_mask, output_state=True, backend=ctx.backend
+                h, state=state, attention_mask=ctx.token_mask, output_state=True, backend=ctx.mixer_backend
             )
         from sleepify.models.jet_nemotron import KVState
 
@@ -169,7 +225,7 @@ class ScratchSSMBlock:
 
     def __call__(self, h: Tensor, ctx: WindowContext, state: MixerState | None) -> tuple[Tensor, MixerState]:
         return self.module(
-            h, state=state, attention_mask=ctx.token_mask, output_state=True, backend=ctx.backend
+            h, state=state, attention_mask=ctx.token_mask, output_state=True, backend=ctx.mixer_backend
         )
 
 

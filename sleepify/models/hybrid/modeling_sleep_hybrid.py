@@ -30,7 +30,13 @@ from transformers.utils import ModelOutput
 from sleepify.layers.insertion import SleepInsertBlock
 from sleepify.layers.jet_block import JetBlock, JetBlockConfig
 from sleepify.models.hybrid.configuration_sleep_hybrid import JET_SIZE_KEYS, SleepHybridConfig
-from sleepify.models.hybrid.families import Family, InsertedJetBlock, LayerInfo, family_for
+from sleepify.models.hybrid.families import (
+    SLEEPIFY_ATTENTION,
+    Family,
+    InsertedJetBlock,
+    LayerInfo,
+    family_for,
+)
 from sleepify.sleep import SleepSettings, SleepState, sleep_forward
 
 __all__ = ["HybridStack", "SleepHybridForCausalLM", "SleepHybridOutput", "SleepHybridPreTrainedModel"]
@@ -86,7 +92,9 @@ class SleepHybridPreTrainedModel(PreTrainedModel):
     base_model_prefix = "sleep_hybrid"  # never a key prefix: no prefix magic when loading
     supports_gradient_checkpointing = False  # use the engine's per-window checkpointing instead
     _supports_sdpa = True
-    _supports_flash_attn = False  # the engine passes 4-D masks
+    # transformers' flash_attention_2 path cannot take the engine's windows (kept keys, sliding eviction);
+    # flash-attn is used through the "sleepify" attention instead (docs/gpu.md)
+    _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = True
     _can_compile_fullgraph = False
@@ -112,7 +120,10 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
     def __init__(self, config: SleepHybridConfig):
         super().__init__(config)
         base_config = config.build_base_config()
-        base_config._attn_implementation = config._attn_implementation
+        # "sdpa" (the default) runs the engine's attention through the window attention op (SDPA on CPU,
+        # flash-attn / fla where they apply: sleepify/ops/attention.py); "eager" keeps transformers' path
+        impl = config._attn_implementation
+        base_config._attn_implementation = SLEEPIFY_ATTENTION if impl in (None, "sdpa") else impl
         self.family_class = family_for(base_config.model_type)
         try:
             base_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(base_config)]

@@ -219,6 +219,46 @@ class JetNemotronAttention(nn.Module):
         # absolute token indices of the queries and keys
         q_idx = past_len + torch.arange(T, device=dev)
         k_idx = past_len + T - S + torch.arange(S, device=dev)
+        if self.config._attn_implementation == "sleepify":
+            # sleepify's window attention op (SDPA on CPU, flash-attn / fla where they apply): the keys are
+            # consecutive and end at the last query; it differs from the mask path only at padded queries
+            # (they see themselves instead of nothing), whose outputs are never used
+            from sleepify.ops.attention import window_attention
+
+            out = window_attention(
+                q,
+                k_all,
+                v_all,
+                q_idx,
+                k_idx,
+                key_mask,
+                self.sliding_window,
+                scale=self.scaling,
+                dropout_p=self.attention_dropout if self.training else 0.0,
+                aligned=True,
+            ).transpose(1, 2)
+        else:
+            out = self._masked_attention(q, k_all, v_all, q_idx, k_idx, key_mask)
+        out = self.o_proj(out.reshape(B, T, -1).contiguous())
+        if not output_state:
+            return out, None
+
+        if self.sliding_window is not None and self.sliding_window < S:
+            k_all = k_all[:, :, -self.sliding_window :]
+            v_all = v_all[:, :, -self.sliding_window :]
+            key_mask = key_mask[:, -self.sliding_window :] if key_mask is not None else None
+        if mask is None:
+            new_next = position_ids[:, -1].expand(B) + 1
+        else:
+            last = torch.where(mask, position_ids.expand(B, T), -1).amax(dim=1) + 1
+            new_next = torch.maximum(next_pos, last)
+        return out, KVState(k_all, v_all, key_mask, past_len + T, new_next)
+
+    def _masked_attention(
+        self, q: Tensor, k_all: Tensor, v_all: Tensor, q_idx: Tensor, k_idx: Tensor, key_mask: Tensor | None
+    ) -> Tensor:
+        """transformers' attention interface (sdpa / eager / ...) with an additive 4-D mask."""
+        dev = q.device
         diff = q_idx[:, None] - k_idx[None, :]
         allowed = diff >= 0
         if self.sliding_window is not None:
@@ -242,20 +282,7 @@ class JetNemotronAttention(nn.Module):
             dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling,
         )
-        out = self.o_proj(out.reshape(B, T, -1).contiguous())
-        if not output_state:
-            return out, None
-
-        if self.sliding_window is not None and self.sliding_window < S:
-            k_all = k_all[:, :, -self.sliding_window :]
-            v_all = v_all[:, :, -self.sliding_window :]
-            key_mask = key_mask[:, -self.sliding_window :] if key_mask is not None else None
-        if mask is None:
-            new_next = position_ids[:, -1].expand(B) + 1
-        else:
-            last = torch.where(mask, position_ids.expand(B, T), -1).amax(dim=1) + 1
-            new_next = torch.maximum(next_pos, last)
-        return out, KVState(k_all, v_all, key_mask, past_len + T, new_next)
+        return out
 
 
 class JetNemotronDecoderLayer(nn.Module):
