@@ -26,6 +26,7 @@ attention_mask=..., loss_mask=...)`` returning an object with ``.logits``), so t
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -194,13 +195,22 @@ def _check_row(i: int, row: dict[str, Any]) -> None:
             raise EvalError(f"row {i}: answer at {s} of length {length} does not fit a row of {n} tokens")
 
 
+def predicting_columns(rows: Sequence[dict[str, Any]]) -> int:
+    """How many trailing columns of the left-padded batch hold every position that predicts an answer
+    token (the logits the metric reads; the model need not return the others)."""
+    return max(
+        (len(r["input_ids"]) - int(start) + 1 for r in rows for start in r["answer_starts"]), default=0
+    )
+
+
 def batch_records(
     logits: Any, input_ids: Any, rows: Sequence[dict[str, Any]], first_row: int = 0
 ) -> list[AnswerRecord]:
     """Verdicts for the answers of a left-padded batch.
 
-    ``logits [B, T, V]`` and ``input_ids [B, T]`` are the batch as collated (row ``b`` occupies the last
-    ``len(rows[b]["input_ids"])`` columns); the answer positions come from the rows.
+    ``input_ids [B, T]`` is the batch as collated (row ``b`` occupies the last ``len(rows[b]["input_ids"])``
+    columns); ``logits [B, K, V]`` cover its last ``K <= T`` columns (at least
+    :func:`predicting_columns`); the answer positions come from the rows.
     """
     import torch
     import torch.nn.functional as F
@@ -227,7 +237,10 @@ def batch_records(
     bt = torch.tensor(b_idx, device=device)
     pt = torch.tensor(p_idx, device=device)
     at = torch.tensor(owner, device=device)
-    picked = logits[bt, pt].float()  # [M, V]: the logits that predict answer tokens
+    first = width - logits.shape[1]  # logits start at this column
+    if first > min(p_idx):
+        raise EvalError(f"the logits cover the last {logits.shape[1]} columns; answers need more")
+    picked = logits[bt, pt - first].float()  # [M, V]: the logits that predict answer tokens
     targets = input_ids.to(device)[bt, pt + 1]
     if not torch.isfinite(picked).all():
         bad = int((~torch.isfinite(picked).all(-1)).nonzero()[0, 0])
@@ -300,6 +313,11 @@ def evaluate(
 
         bar = tqdm(total=n, desc="eval", unit="row")
     records: list[AnswerRecord] = []
+    forward = getattr(model, "forward", model)
+    try:
+        keeps_logits = "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        keeps_logits = False
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
@@ -312,7 +330,10 @@ def evaluate(
                 for i, row in enumerate(rows):
                     _check_row(start + i, row)
                 batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
-                out = model(**batch, **(forward_kwargs or {}))
+                kwargs = dict(forward_kwargs or {})
+                if keeps_logits:  # only the columns that predict answers: B x K x V, not B x T x V
+                    kwargs.setdefault("logits_to_keep", predicting_columns(rows))
+                out = model(**batch, **kwargs)
                 logits = out.logits if hasattr(out, "logits") else out[0]
                 records += batch_records(logits, batch["input_ids"], rows, first_row=start)
                 if bar is not None:

@@ -754,6 +754,7 @@ def sleep_forward(
     logits: str = "wake",
     sleep_windows: Sequence[bool] | None = None,
     on_window: Callable[[int, str, int], None] | None = None,
+    logits_to_keep: int = 0,
 ) -> SleepOutput:
     """Run ``input_ids [B, T]`` window by window (module docstring, rules 1-6).
 
@@ -765,10 +766,15 @@ def sleep_forward(
             window's logits read its state after the consolidation and the coda) or ``"none"``.
         sleep_windows: force the per-window decision (True = sleep, for every row); overrides rule 2.
         on_window: called as ``on_window(window_index, kind, passes)`` after every window.
+        logits_to_keep: return the logits of the last ``k`` columns only (``[B, k, V]``; 0 = all). The
+            loss still covers every window; memory for logits is then ``B * k * V`` instead of ``B * T * V``.
     """
     if logits not in ("wake", "all", "none"):
         raise ValueError(f"logits must be 'wake', 'all' or 'none', got {logits!r}")
+    if logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
     B, T = input_ids.shape
+    first_kept = max(0, T - logits_to_keep) if logits_to_keep else 0
     L = settings.window
     state = state if state is not None else SleepState()
     mask = None if attention_mask is None else attention_mask.to(input_ids.device).bool()
@@ -841,22 +847,26 @@ def sleep_forward(
         if on_window is not None:
             on_window(w, kind, n_passes)
 
-        need_logits = logits != "none"
+        need_logits = logits != "none" and s + ids_w.shape[1] > first_kept
         win_logits = None
         if h_wake is not None and (has_loss or need_logits):
-            win_logits = stack.lm_head(h_wake)
+            win_logits = stack.lm_head(h_wake) if need_logits else None
             if has_loss:
                 scored = tgt_w != IGNORE
                 if kind == "mixed":
                     scored = scored & ~sleep_rows[:, None]
-                ce = F.cross_entropy(win_logits[scored].float(), tgt_w[scored], reduction="sum")
+                # without logits to return, the head runs on the scored positions only (no B x L x V)
+                picked = win_logits[scored] if win_logits is not None else stack.lm_head(h_wake[scored])
+                ce = F.cross_entropy(picked.float(), tgt_w[scored], reduction="sum")
                 loss_sum = ce if loss_sum is None else loss_sum + ce
                 count += int(scored.sum())
-        if logits == "all" and h_sleep is not None:
+        if logits == "all" and h_sleep is not None and need_logits:
             sleep_logits = stack.lm_head(h_sleep)
             win_logits = sleep_logits if win_logits is None else _select(sleep_rows, sleep_logits, win_logits)
-        if logits == "none":
+        if not need_logits:
             win_logits = None
+        elif win_logits is not None and s < first_kept:
+            win_logits = win_logits[:, first_kept - s :]
         logit_chunks.append(win_logits)
 
     out_logits = None
@@ -864,8 +874,10 @@ def sleep_forward(
         ref = next(c for c in logit_chunks if c is not None)
         parts = []
         for s, c in zip(starts, logit_chunks, strict=True):
+            n = min(L, T - s) - max(0, first_kept - s)  # this window's columns among the kept ones
+            if n <= 0:
+                continue
             if c is None:
-                n = min(L, T - s)
                 c = ref.new_full((B, n, ref.shape[-1]), float("nan"))
             parts.append(c)
         out_logits = torch.cat(parts, dim=1)

@@ -379,3 +379,29 @@ def test_clear_errors(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "'qwen2' model" in err and "sleepify convert" in err
     err = _one_line_error(["eval", conv, "--data", str(tiny / "data"), "--N", "0"], capsys)
     assert "--N" in err
+
+
+def test_eval_keeps_only_the_logits_that_predict_answers(tiny: Path) -> None:
+    """The converted model returns the logits of the trailing columns that predict answers only
+    (``logits_to_keep``), and the verdicts and losses are those computed from the full logits."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+
+    from sleepify.evaluation import evaluate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny / "run" / "convert")
+    test = datasets.load_from_disk(str(tiny / "data"))["test"]
+    widths: list[int] = []  # columns of the logits each forward returned
+
+    class FullLogits(torch.nn.Module):  # the same model, called without logits_to_keep
+        def forward(self, **batch):  # noqa: ANN003, ANN202
+            return model(**batch)
+
+    model.register_forward_hook(lambda m, a, out: widths.append(out.logits.shape[1]))
+    kept = evaluate(model, test, exact_match="row", batch_size=4)
+    trimmed = list(widths)
+    widths.clear()
+    full = evaluate(FullLogits(), test, exact_match="row", batch_size=4)
+    assert kept.buckets == full.buckets
+    assert trimmed and all(k < 20 for k in trimmed)  # the answer bits (+1), not the whole row
+    assert widths and all(k > 30 for k in widths)  # every column

@@ -235,3 +235,20 @@ def test_lockstep_runs_what_another_rank_needs_with_the_same_result(family):
         pytest.raises(SleepifyError, match="this rank has 3 windows, another has 4"),
     ):
         model(ids, labels=labels)
+
+
+@pytest.mark.parametrize("logits", ["wake", "all"])
+@pytest.mark.parametrize("keep", [1, L + 1, 3 * L])
+def test_logits_to_keep_returns_the_last_columns(logits, keep):
+    """``logits_to_keep=k``: the last ``k`` columns of the full logits (NaN where a slept window gives none),
+    the same loss."""
+    torch.manual_seed(0)
+    _, model = build(FAMILIES["qwen2"](), jet_after=(1,), window=L)
+    ids = torch.randint(0, 64, (2, 3 * L - 1))
+    labels = last_window_labels(ids)
+    with torch.no_grad():
+        full = model(ids, labels=labels, logits=logits)
+        kept = model(ids, labels=labels, logits=logits, logits_to_keep=keep)
+    assert kept.logits.shape == (2, min(keep, 3 * L - 1), full.logits.shape[-1])
+    torch.testing.assert_close(kept.logits, full.logits[:, -keep:], equal_nan=True)
+    torch.testing.assert_close(kept.loss, full.loss)

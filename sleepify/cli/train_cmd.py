@@ -132,6 +132,7 @@ def run_stage(
     def loss_fn(m, batch):  # noqa: ANN001, ANN202
         return m(
             **batch,
+            logits="none",  # the loss is computed window by window; no B x T x V logits are kept
             checkpoint_windows=rec.sleep.checkpoint_windows,
             truncate_passes=rec.sleep.truncate_passes,
             truncate_windows=rec.sleep.truncate_windows,

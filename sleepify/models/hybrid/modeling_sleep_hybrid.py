@@ -42,6 +42,16 @@ from sleepify.sleep import SleepSettings, SleepState, sleep_forward
 __all__ = ["HybridStack", "SleepHybridForCausalLM", "SleepHybridOutput", "SleepHybridPreTrainedModel"]
 
 
+def _keep_count(logits_to_keep: Any) -> int:
+    """transformers' ``logits_to_keep``: an int (last ``k`` columns; 0 = all). Index tensors are not
+    supported: the engine assembles logits window by window."""
+    if isinstance(logits_to_keep, Tensor):
+        if logits_to_keep.numel() != 1:
+            raise ValueError("SleepHybridForCausalLM: logits_to_keep must be an int (the last k columns)")
+        logits_to_keep = int(logits_to_keep)
+    return int(logits_to_keep or 0)
+
+
 @dataclass
 class SleepHybridOutput(ModelOutput):
     """``loss``: mean CE over scored predictions; ``logits`` ``[B, T, V]`` (NaN where not computed, see
@@ -256,6 +266,8 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
                 tokens are appended to its stream with incremental decoding (one wake forward over the new
                 tokens; the model sleeps when a window is full) and the awake logits are returned
                 (only the last column's with ``logits_to_keep=1``).
+            logits_to_keep: return the logits of the last ``k`` columns only (0 = all), as in transformers;
+                the loss still covers the whole sequence.
         """
         if input_ids is None:
             raise ValueError("SleepHybridForCausalLM needs input_ids")
@@ -283,6 +295,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
             state=sleep_state,
             logits=logits,
             sleep_windows=sleep_windows,
+            logits_to_keep=_keep_count(logits_to_keep),
         )
         return SleepHybridOutput(
             loss=out.loss,
