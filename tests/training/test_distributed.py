@@ -121,6 +121,11 @@ def sleep_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return model(**batch, sleep_passes=2).loss
 
 
+def sleep_loss_recompute(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """With activation checkpointing per window (the paper recipes): sharded blocks run again in backward."""
+    return model(**batch, sleep_passes=2, checkpoint_windows=True).loss
+
+
 def sleep_cfg(**kw):  # noqa: ANN003, ANN201
     # weight decay on, so that the no-decay group (A_log, dt_bias) must survive sharding
     base = {"steps": 4, "batch_size": 4, "micro_batch_size": 1, "distributed": "fsdp"}
@@ -139,6 +144,11 @@ def _fsdp_worker(rank: int, out: Path) -> None:
         loss_fn=sleep_loss, progress=False,
     )  # fmt: skip
     results["part"] = part.losses
+    recompute = train(
+        sleep_model(), sleep_rows(), sleep_cfg(steps=2), out / "fsdp-recompute", loss_fn=sleep_loss_recompute,
+        progress=False,
+    )  # fmt: skip
+    results["recompute"] = recompute.losses
     killed = train(
         sleep_model(), sleep_rows(), sleep_cfg(checkpoint_every=2), out / "fsdp-resume", loss_fn=sleep_loss,
         progress=False, stop_after=2,
@@ -188,6 +198,7 @@ def test_fsdp_two_ranks_matches_single_process_and_resumes(tmp_path: Path, monke
     # rows of 12 to 29 tokens: each rank pads to the longest of both ranks (1 to 4 windows) and runs
     assert len(sharded["losses"]["ragged"]) == 2 and all(map(math.isfinite, sharded["losses"]["ragged"]))
     part_losses, _ = single(steps=2, trainable=["*mixer*"])
+    assert sharded["losses"]["recompute"] == pytest.approx(single(steps=2)[0], abs=1e-5)
     assert sharded["losses"]["part"] == pytest.approx(part_losses, abs=1e-5)
 
     # the checkpoint the sharded run wrote (full, name-keyed state) resumes on one process
