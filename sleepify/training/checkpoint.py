@@ -110,6 +110,13 @@ def load_checkpoint(
     (the ranks of a sharded run that receive them from rank 0)."""
     path = Path(path)
     weights = optimizer = None
+    if not (path / "optimizer.pt").is_file():
+        from sleepify.errors import TrainingError
+
+        raise TrainingError(
+            f"checkpoint {path} has no optimizer.pt (written by an older sleepify, whose checkpoints do not "
+            "resume): start the stage again without --resume"
+        )
     if full:
         weights = load_file(str(path / "model.safetensors"))
         optimizer = torch.load(path / "optimizer.pt", weights_only=True)

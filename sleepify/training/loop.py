@@ -97,6 +97,19 @@ class MetricsLog:
             self.wandb.finish()
 
 
+def _check_optimizer_params(state: dict[str, Any], model: nn.Module, ckpt: Path) -> None:
+    """The checkpoint's optimizer must hold exactly the parameters trained now (same train.trainable)."""
+    saved = {name for group in state["param_groups"] for name in group["params"]}
+    now = {name for name, p in model.named_parameters() if p.requires_grad}
+    if saved != now:
+        only_saved, only_now = sorted(saved - now), sorted(now - saved)
+        raise TrainingError(
+            f"checkpoint {ckpt} trained other parameters than train.trainable selects now: only in the "
+            f"checkpoint {only_saved[:5]}{' ...' if len(only_saved) > 5 else ''}, only now {only_now[:5]}"
+            f"{' ...' if len(only_now) > 5 else ''}; resume with the run's own train.trainable"
+        )
+
+
 def _all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -148,6 +161,8 @@ def train(
         # under FSDP rank 0 reads the weights and optimizer state and broadcasts them (the other ranks
         # pass empty dicts); every rank reads the small rest
         loaded = load_checkpoint(ckpt, expected, full=not (fsdp and rank != 0))
+        if loaded.optimizer is not None:
+            _check_optimizer_params(loaded.optimizer, model, ckpt)
         load_full_model_state(model, loaded.weights or {})
         load_full_optimizer_state(model, optim.optimizers, loaded.optimizer or {})
         state = loaded.trainer_state

@@ -42,7 +42,8 @@ def is_muon_param(name: str, param: torch.Tensor) -> bool:
 
 
 class MuonAdamW:
-    """One optimizer interface over the Muon and AdamW groups (step, zero_grad, state_dict)."""
+    """One optimizer interface over the Muon and AdamW groups (step, zero_grad). Checkpoints save
+    ``self.optimizers`` by parameter name (``sleepify/training/parallel.py``)."""
 
     def __init__(self, model: nn.Module, train: TrainSection):
         opt = train.optimizer
@@ -81,15 +82,6 @@ class MuonAdamW:
     def zero_grad(self) -> None:
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> list[dict]:
-        return [o.state_dict() for o in self.optimizers]
-
-    def load_state_dict(self, states: list[dict]) -> None:
-        if len(states) != len(self.optimizers):
-            raise RecipeError("checkpoint optimizer state does not match the trainable parameters")
-        for o, s in zip(self.optimizers, states, strict=True):
-            o.load_state_dict(s)
 
 
 def lr_multiplier(step: int, total: int, schedule: ScheduleSection) -> float:

@@ -175,3 +175,11 @@ def test_resume_into_another_model_lists_the_mismatched_weights(tmp_path: Path) 
     message = str(err.value)
     assert "does not match the model" in message and "embed_tokens.weight (11, 16) vs (11, 24)" in message
     assert latest_checkpoint(tmp_path).name == "step-0000001"  # untouched
+
+
+def test_resume_with_other_trainable_parameters_is_refused(tmp_path: Path) -> None:
+    train(TinyLM(), dataset(), cfg(steps=1), tmp_path, progress=False)
+    with pytest.raises(
+        TrainingError, match=r"trained other parameters.*only in the checkpoint \['embed_tokens"
+    ):
+        train(TinyLM(), dataset(), cfg(steps=2, trainable=["mixer.*"]), tmp_path, resume=True, progress=False)
