@@ -1,6 +1,9 @@
 """Training-loss curves of several runs (one per N) from their metrics.jsonl, as in the paper's Fig. 2b.
 
-Usage: python experiments/plot_curves.py OUT.png RUN [RUN ...]
+Usage: python experiments/plot_curves.py OUT.png RUN[=LABEL] [RUN[=LABEL] ...]
+
+Each curve is labelled N=<passes> from the run's recipe.yaml; an optional =LABEL after a run folder replaces
+that label (to tell apart runs with the same N, e.g. different steps or learning rates).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main(out: str, runs: list[str]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
+    for arg in runs:
+        run, _, label = arg.partition("=")
         rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
         recipe = (Path(run) / "recipe.yaml").read_text()
         passes = next(
             line.split(":")[1].strip() for line in recipe.splitlines() if line.strip().startswith("passes:")
         )
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", label=f"N={passes}")
+        label = label or f"N={passes}"
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", label=label)
     ax.axhline(0.6931, color="grey", linestyle="--", linewidth=0.8, label="chance (ln 2)")
     ax.set_xlabel("optimizer step (64 rows each, same data order for every N)")
     ax.set_ylabel("answer-token loss (nats)")
