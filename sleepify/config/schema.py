@@ -23,7 +23,11 @@ class ModelSection(Section):
     source: str = Field("", description="alias (e.g. ouro-1.4b), Hub id, local folder, or builtin:NAME")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype on load")
-    attn_implementation: str = Field("sdpa", description="transformers attention backend (sdpa, eager, ...)")
+    attn_implementation: str = Field(
+        "sdpa",
+        description="attention of the converted model: sdpa (sleepify's window attention op: SDPA, or "
+        "flash-attn / fla on GPU) or eager (transformers' masked path)",
+    )
 
 
 class JetSection(Section):
