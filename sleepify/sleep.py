@@ -64,7 +64,7 @@ zero-weighted term over every window's output so the backward pass visits the sa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -823,7 +823,7 @@ def sleep_forward(
         if w == cut and w > 0:
             state = state.detach()
         has_loss = all_has_loss[w]
-        grad_ctx = torch.no_grad() if (w < cut and not has_loss) else _nullcontext()
+        grad_ctx = torch.no_grad() if (w < cut and not has_loss) else nullcontext()
         with grad_ctx:
             want_sleep_h = logits == "all" or agree is not None
             h_wake, h_sleep, state, n_passes = run_window(
@@ -895,6 +895,10 @@ def sleep_forward(
     )
 
 
+# ------------------------------------------------------------------------------------------------------------
+# sharded training: every rank takes the same control flow
+
+
 _LOCKSTEP: ContextVar[Callable[[Tensor], Tensor] | None] = ContextVar("sleepify_lockstep", default=None)
 
 
@@ -931,11 +935,3 @@ def _agree_on_windows(
         "mixed" if any_sleep and any_wake else None for any_sleep, any_wake, _ in agreed[1:]
     ]
     return kinds, [bool(x[2]) for x in agreed[1:]]
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
