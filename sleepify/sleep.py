@@ -792,7 +792,7 @@ def sleep_forward(
     cut = num_windows - settings.truncate_windows if settings.truncate_windows else 0
 
     all_sleep_rows: list[Tensor] = []
-    all_has_loss: list[bool] = []
+    has_loss_w: list[bool] = []  # this call scores predictions in the window
     for w, s in enumerate(starts):
         tgt_w = None if targets is None else targets[:, s : s + L]
         if sleep_windows is not None:
@@ -802,12 +802,13 @@ def sleep_forward(
         else:
             sleep_rows = torch.full((B,), w < num_windows - 1, device=input_ids.device)
         all_sleep_rows.append(sleep_rows)
-        all_has_loss.append(tgt_w is not None and bool((tgt_w != IGNORE).any()))
+        has_loss_w.append(tgt_w is not None and bool((tgt_w != IGNORE).any()))
     agree = _LOCKSTEP.get()
     forced = [None] * num_windows
+    any_loss_w = has_loss_w  # some rank scores in the window: decides no_grad / detach (truncate_windows)
     structural: Tensor | None = None  # zero-weighted sum over every window's output (lockstep only)
     if agree is not None:
-        forced, all_has_loss = _agree_on_windows(agree, all_sleep_rows, all_has_loss)
+        forced, any_loss_w = _agree_on_windows(agree, all_sleep_rows, has_loss_w)
 
     loss_sum: Tensor | None = None
     count = 0
@@ -822,8 +823,8 @@ def sleep_forward(
 
         if w == cut and w > 0:
             state = state.detach()
-        has_loss = all_has_loss[w]
-        grad_ctx = torch.no_grad() if (w < cut and not has_loss) else nullcontext()
+        has_loss = has_loss_w[w]
+        grad_ctx = torch.no_grad() if (w < cut and not any_loss_w[w]) else nullcontext()
         with grad_ctx:
             want_sleep_h = logits == "all" or agree is not None
             h_wake, h_sleep, state, n_passes = run_window(
@@ -836,9 +837,8 @@ def sleep_forward(
                     structural = term if structural is None else structural + term
         if logits != "all":
             h_sleep = None
-        if w < cut and has_loss:
+        if w < cut and any_loss_w[w]:
             state = state.detach()
-        has_loss = tgt_w is not None and bool((tgt_w != IGNORE).any())
         kind = forced[w] or (
             "wake" if not bool(sleep_rows.any()) else ("sleep" if bool(sleep_rows.all()) else "mixed")
         )

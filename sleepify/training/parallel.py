@@ -81,10 +81,15 @@ def is_fsdp(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def _options(model: nn.Module, **kw: Any) -> StateDictOptions:
+def _save_options(model: nn.Module) -> StateDictOptions:
     # cpu_offload gathers onto rank 0 only (the other ranks get an empty dict): the writer is rank 0
-    offload = is_fsdp(model)
-    return StateDictOptions(full_state_dict=True, cpu_offload=offload, **kw)
+    return StateDictOptions(full_state_dict=True, cpu_offload=is_fsdp(model))
+
+
+def _load_options(model: nn.Module) -> StateDictOptions:
+    # under FSDP only rank 0 holds the loaded state and broadcasts it; strict=False: tied duplicates
+    # are not saved (the tied partner loads them)
+    return StateDictOptions(full_state_dict=True, broadcast_from_rank0=is_fsdp(model), strict=False)
 
 
 def tied_duplicates(model: nn.Module) -> set[str]:
@@ -102,7 +107,7 @@ def tied_duplicates(model: nn.Module) -> set[str]:
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded weights keyed by name, tied duplicates dropped. Under FSDP every rank must call it
     (it gathers); only rank 0 gets the tensors."""
-    state = get_model_state_dict(model, options=_options(model))
+    state = get_model_state_dict(model, options=_save_options(model))
     dups = tied_duplicates(model)
     return {k: v for k, v in state.items() if k not in dups}
 
@@ -110,28 +115,18 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load full weights (as :func:`full_model_state` gives) into a plain or FSDP-sharded model. Under
     FSDP rank 0 passes the weights and the others ``{}``: rank 0 broadcasts them."""
-    if not is_fsdp(model):
-        model.load_state_dict(state, strict=False)
-        return
-    set_model_state_dict(
-        model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
-    )
+    set_model_state_dict(model, state, options=_load_options(model))
 
 
 def full_optimizer_state(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
     """The optimizers' state keyed by parameter name (portable across DDP, FSDP and one process)."""
-    return get_optimizer_state_dict(model, optimizers, options=_options(model))
+    return get_optimizer_state_dict(model, optimizers, options=_save_options(model))
 
 
 def load_full_optimizer_state(
     model: nn.Module, optimizers: list[torch.optim.Optimizer], state: dict[str, Any]
 ) -> None:
-    options = (
-        StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-        if is_fsdp(model)
-        else StateDictOptions(full_state_dict=True)
-    )
-    set_optimizer_state_dict(model, optimizers, state, options=options)
+    set_optimizer_state_dict(model, optimizers, state, options=_load_options(model))
 
 
 def barrier() -> None:
