@@ -42,6 +42,7 @@ from sleepify.training.parallel import (
     full_optimizer_state,
     load_full_model_state,
     load_full_optimizer_state,
+    saved_weight_shapes,
 )
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -147,7 +148,7 @@ def train(
     torch.manual_seed(train_cfg.seed)
     select_trainable(model, train_cfg.trainable)
     fsdp = world > 1 and train_cfg.distributed == "fsdp"
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = saved_weight_shapes(model)  # what a checkpoint of this model holds
     if fsdp:
         apply_fsdp(model)  # before the optimizer: it must hold the sharded parameters
     optim = MuonAdamW(model, train_cfg)

@@ -38,6 +38,7 @@ __all__ = [
     "is_fsdp",
     "load_full_model_state",
     "load_full_optimizer_state",
+    "saved_weight_shapes",
     "shard_units",
     "tied_duplicates",
 ]
@@ -102,6 +103,12 @@ def tied_duplicates(model: nn.Module) -> set[str]:
         else:
             seen[id(param)] = name
     return dups
+
+
+def saved_weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of what :func:`full_model_state` saves (call before sharding: full shapes)."""
+    dups = tied_duplicates(model)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in dups}
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:

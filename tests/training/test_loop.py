@@ -183,3 +183,24 @@ def test_resume_with_other_trainable_parameters_is_refused(tmp_path: Path) -> No
         TrainingError, match=r"trained other parameters.*only in the checkpoint \['embed_tokens"
     ):
         train(TinyLM(), dataset(), cfg(steps=2, trainable=["mixer.*"]), tmp_path, resume=True, progress=False)
+
+
+class TiedLM(TinyLM):
+    """TinyLM with the output head tied to the embeddings (as Ouro, Jet-Nemotron and many Hub models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lm_head.weight = self.embed_tokens.weight
+
+
+def test_resume_with_tied_embeddings(tmp_path: Path) -> None:
+    full_model = TiedLM()
+    full = train(full_model, dataset(), cfg(checkpoint_every=3), tmp_path / "a", progress=False)
+    train(TiedLM(), dataset(), cfg(checkpoint_every=3), tmp_path / "b", progress=False, stop_after=3)
+    resumed_model = TiedLM()
+    rest = train(
+        resumed_model, dataset(), cfg(checkpoint_every=3), tmp_path / "b", resume=True, progress=False
+    )
+    assert rest.losses == pytest.approx(full.losses[3:], abs=1e-6)
+    assert resumed_model.lm_head.weight is resumed_model.embed_tokens.weight
+    torch.testing.assert_close(resumed_model.embed_tokens.weight, full_model.embed_tokens.weight)
