@@ -13,13 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from click.testing import CliRunner
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import sleepify  # noqa: F401
-from sleepify.cli.main import cli, main
+from sleepify.cli.main import main
 from sleepify.data.tokenizer import char_vocab
 from sleepify.evaluation import AnswerRecord, EvalError, aggregate, evaluate, load_eval_data
+from tests.helpers import invoke
 
 VOCAB = 100
 JET = [
@@ -29,12 +29,6 @@ JET = [
     "conversion.jet.generator_reduction=4",
     "sleep.window=24",
 ]
-
-
-def invoke(args: list[str]) -> str:
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 # ------------------------------------------------------------------------------------------------ stub models

@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
 import sleepify  # noqa: F401  (registers the model types)
-from sleepify.cli.main import cli
 from sleepify.config import available_recipes, load_recipe, recipe_from_run
+from tests.helpers import invoke, one_thread  # noqa: F401  (fixture)
 
 PAPER = sorted(name for name in available_recipes() if name.startswith("paper/"))
 
@@ -27,19 +26,7 @@ ONE_STEP = ["--steps", "1", "train.batch_size=2", "train.tensorboard=false", "tr
 FLAGS = {"--steps": "train.steps", "--data": "data.path", "--N": "sleep.passes", "--L": "sleep.window"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the CPU is shared: tiny ops are much slower with two contending OpenMP threads
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def invoke(args: list[str]) -> str:
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:

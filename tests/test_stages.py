@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 import sleepify  # noqa: F401
 from sleepify.cli.main import cli
 from sleepify.errors import SleepifyError
+from tests.helpers import invoke
 
 JET = [
     "conversion.jet_layers=[0]",
@@ -23,12 +24,6 @@ JET = [
     "sleep.window=24",
     "sleep.eviction=sliding",
 ]
-
-
-def invoke(args: list[str], cwd: Path) -> str:
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +56,9 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--t",
             "0",
             "--quiet",
-        ],
-        root,
+        ]
     )
-    invoke(["convert", str(root / "base"), "--out", str(root / "run" / "convert"), *JET], root)
+    invoke(["convert", str(root / "base"), "--out", str(root / "run" / "convert"), *JET])
     return root
 
 
@@ -78,7 +72,7 @@ def test_warmup_then_train_chain(chain: Path) -> None:
         "train.tensorboard=false",
         "train.log_every=1",
     ]
-    invoke(["warmup", str(chain / "run" / "convert"), "--N", "2", *common], chain)
+    invoke(["warmup", str(chain / "run" / "convert"), "--N", "2", *common])
     warm = chain / "run" / "warmup"
     assert (warm / "model" / "config.json").is_file() and (warm / "recipe.yaml").is_file()
     losses = [json.loads(line)["loss"] for line in (warm / "metrics.jsonl").read_text().splitlines()]
@@ -94,7 +88,7 @@ def test_warmup_then_train_chain(chain: Path) -> None:
     assert changed and all(name.startswith("jet_layers.") for name in changed)
     assert "eviction: hard" in (warm / "recipe.yaml").read_text()
 
-    invoke(["train", str(warm / "model"), "--N", "3", *common, "train.checkpoint_every=1"], chain)
+    invoke(["train", str(warm / "model"), "--N", "3", *common, "train.checkpoint_every=1"])
     trained = AutoModelForCausalLM.from_pretrained(chain / "run" / "train" / "model")
     assert trained.config.sleep_passes == 3
     # what warm-up forced does not carry over: train trains everything, with the converted eviction
@@ -108,7 +102,7 @@ def test_warmup_then_train_chain(chain: Path) -> None:
     assert any(not name.startswith("jet_layers.") for name in changed)
     # resume continues from the last checkpoint to the final step
     longer = [a if a != "2" else "3" for a in common]  # --steps 3
-    invoke(["train", str(warm / "model"), "--N", "3", *longer, "--resume"], chain)
+    invoke(["train", str(warm / "model"), "--N", "3", *longer, "--resume"])
     lines = (chain / "run" / "train" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
 
@@ -121,10 +115,10 @@ def test_resume_auto_starts_fresh_then_continues(chain: Path) -> None:
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n')  # a killed attempt, no checkpoint
     cmd = ["train", str(chain / "run" / "convert"), "--data", str(chain / "data"), "--out", str(out)]
     cmd += ["train.batch_size=4", "train.tensorboard=false", "train.log_every=1", "train.checkpoint_every=1"]
-    invoke([*cmd, "--steps", "1", "--resume", "auto"], chain)
+    invoke([*cmd, "--steps", "1", "--resume", "auto"])
     first = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in first] == [1] and json.loads(first[0])["loss"] != 99.0
-    invoke([*cmd, "--steps", "2", "--resume", "auto"], chain)
+    invoke([*cmd, "--steps", "2", "--resume", "auto"])
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert lines[0] == first[0] and [json.loads(x)["step"] for x in lines] == [1, 2]
     with pytest.raises(SleepifyError, match="nothing to resume"):
@@ -142,8 +136,8 @@ def test_stage_errors_are_one_line(chain: Path) -> None:
 def test_train_nproc_2_equals_single_process(chain: Path) -> None:
     common = [str(chain / "run" / "convert"), "--data", str(chain / "data"), "--steps", "2", "--N", "2"]
     common += ["train.batch_size=4", "train.tensorboard=false", "train.log_every=1"]
-    invoke(["train", *common, "--out", str(chain / "single")], chain)
-    invoke(["train", *common, "--out", str(chain / "ddp"), "--nproc", "2"], chain)
+    invoke(["train", *common, "--out", str(chain / "single")])
+    invoke(["train", *common, "--out", str(chain / "ddp"), "--nproc", "2"])
 
     def losses(run: str) -> list[float]:
         return [json.loads(x)["loss"] for x in (chain / run / "metrics.jsonl").read_text().splitlines()]
@@ -163,8 +157,8 @@ def test_train_fsdp_2_ranks_equals_single_process(chain: Path) -> None:
         "train.tensorboard=false",
         "train.log_every=1",
     ]
-    invoke(["train", *common, "--out", str(chain / "single3")], chain)
-    invoke(["train", *common, "--out", str(chain / "fsdp"), "--nproc", "2", "train.distributed=fsdp"], chain)
+    invoke(["train", *common, "--out", str(chain / "single3")])
+    invoke(["train", *common, "--out", str(chain / "fsdp"), "--nproc", "2", "train.distributed=fsdp"])
 
     def losses(run: str) -> list[float]:
         return [json.loads(x)["loss"] for x in (chain / run / "metrics.jsonl").read_text().splitlines()]

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sleepify  # noqa: F401  (registers the model types)
 import sleepify.training.data as training_data
 import sleepify.training.loop as loop_module
-from sleepify.cli.main import cli
 from sleepify.convert import convert
 from sleepify.data.tokenizer import char_vocab
 from sleepify.errors import ModelLoadError
@@ -25,6 +23,7 @@ from sleepify.models.scratch import (
     builtin_config,
     get_builtin,
 )
+from tests.helpers import invoke, one_thread  # noqa: F401  (fixture)
 
 A, G, J = "attention", "gdn", "jet"
 PATTERNS = {
@@ -36,19 +35,7 @@ PATTERNS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CPU is shared: two OpenMP threads contending with other processes make tiny ops ~20x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def invoke(args: list[str]) -> str:
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
