@@ -140,19 +140,22 @@ def run_stage(
 
     train(model, split, rec.train, run_dir, pad_id=pad_id, loss_fn=loss_fn, resume=resume, progress=progress)
     weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
+    final = run_dir / "model"
+    if is_main:
+        model.save_pretrained(final, state_dict=weights)
+        # a model folder may have no tokenizer (built-in char models keep theirs with the data)
+        with contextlib.suppress(OSError, ValueError):
+            AutoTokenizer.from_pretrained(model_dir).save_pretrained(final)
+        resolved.save(final, stage=stage, extra=header)
+        runs_root.mkdir(parents=True, exist_ok=True)
+        (runs_root / LATEST_POINTER).write_text(str(final.resolve()) + "\n")
     if distributed:
+        # every rank leaves together and closes the process group: a rank exiting with it open while
+        # rank 0 still writes can abort in gloo's teardown ("terminate called without an active exception")
         import torch.distributed as dist
 
-        if dist.get_rank() != 0:
-            return run_dir / "model"
-    final = run_dir / "model"
-    model.save_pretrained(final, state_dict=weights)
-    # a model folder may have no tokenizer (built-in char models keep theirs with the data)
-    with contextlib.suppress(OSError, ValueError):
-        AutoTokenizer.from_pretrained(model_dir).save_pretrained(final)
-    resolved.save(final, stage=stage, extra=header)
-    runs_root.mkdir(parents=True, exist_ok=True)
-    (runs_root / LATEST_POINTER).write_text(str(final.resolve()) + "\n")
+        dist.barrier()
+        dist.destroy_process_group()
     return final
 
 
