@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from sleepify.errors import SleepifyError
+from sleepify.models.compat import cache_kwargs
 
 __all__ = [
     "BenchModelSpec",
@@ -317,11 +318,11 @@ class BaseStream(_Stream):
     def _prefill(self, ids: Tensor) -> Tensor:
         out = None
         for s in range(0, ids.shape[1], self.chunk):
-            out = self.base(ids[:, s : s + self.chunk], past_key_values=self.cache, logits_to_keep=1)
+            out = self.base(ids[:, s : s + self.chunk], **cache_kwargs(self.cache), logits_to_keep=1)
         return out.logits
 
     def _feed(self, token: Tensor) -> Tensor:
-        return self.base(token, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
+        return self.base(token, **cache_kwargs(self.cache), use_cache=True, logits_to_keep=1).logits
 
     def held(self) -> int:
         return cache_bytes(self.cache)

@@ -26,6 +26,7 @@ from sleepify.benchmarking import (
 )
 from sleepify.cli.main import cli
 from sleepify.generation import SleepDecoder
+from sleepify.models.compat import cache_kwargs
 
 L = 16
 TINY = BenchModelSpec(
@@ -189,7 +190,7 @@ def test_memory_sleepify_flat_base_grows(tiny_model_dir: Path) -> None:
         with torch.no_grad():
             dec.feed(ids)
             cache = DynamicCache(config=model.base.config)
-            model.base(ids, past_key_values=cache, use_cache=True)
+            model.base(ids, **cache_kwargs(cache), use_cache=True)
         assert dec.window.length == fill
         held[context] = decoder_bytes(dec)
         # the open window: each attention layer's K/V buffer, preallocated for the whole window (L keys, hard

@@ -21,6 +21,7 @@ from sleepify.cli.main import cli
 from sleepify.convert import convert
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.generation import SleepCache, SleepDecoder, generate, sample_next
+from sleepify.models.compat import cache_kwargs
 from tests.conftest import requires_cuda
 
 L = 8
@@ -203,7 +204,7 @@ def test_hf_generate_through_sleep_cache(tiny_run: Path) -> None:
         attention_mask=mask,
         max_new_tokens=12,
         do_sample=False,
-        past_key_values=cache,
+        **cache_kwargs(cache),
         pad_token_id=0,
         eos_token_id=None,
     )

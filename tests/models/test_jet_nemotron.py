@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 import sleepify  # noqa: F401  (registers the model types)
 from sleepify.layers.jet_block import JetBlock
 from sleepify.layers.state import MixerState
+from sleepify.models.compat import output_cache
 from sleepify.models.jet_nemotron import (
     JetNemotronCache,
     JetNemotronConfig,
@@ -116,7 +117,7 @@ def test_long_sequence(model, ref):
 def test_prefill_cache_and_incremental_decode(model, ref):
     ids, gen = ref["input_ids"], ref["generate_ids"]
     out = model(ids[:, :24], use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert isinstance(cache, JetNemotronCache) and cache.get_seq_length() == 24
     for i in JET_LAYERS:
         torch.testing.assert_close(
@@ -132,7 +133,7 @@ def test_prefill_cache_and_incremental_decode(model, ref):
         torch.testing.assert_close(v, ref[f"prefill_cache.{i}.value"], atol=1e-4, rtol=0)
     logits = [out.logits[:, -1]]
     for t in range(1, 8):
-        step = model(gen[:, 24 + t - 1 : 24 + t], past_key_values=cache, use_cache=True)
+        step = model(gen[:, 24 + t - 1 : 24 + t], cache=cache, use_cache=True)
         logits.append(step.logits[:, -1])
     assert cache.key_value(3)[0].shape[2] == 8  # the SWA cache rolls, it never grows past the window
     inc = torch.stack(logits, 1)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
 import sleepify  # noqa: F401  (registers "ouro")
+from sleepify.models.compat import output_cache
 from sleepify.models.ouro import OuroConfig, OuroForCausalLM, OuroModel, ensure_looped_cache
 
 ATOL, RTOL = 5e-5, 1e-5
@@ -139,7 +140,7 @@ def test_per_step_hidden_states_and_gates(model, ref):
     _close(torch.stack(out.hidden_states_per_step), ref["hidden_states_per_step"])
     _close(torch.stack(out.gate_logits_per_step).squeeze(-1), ref["gate_logits_per_step"])
     assert torch.equal(out.last_hidden_state, out.hidden_states_per_step[-1])
-    assert out.past_key_values is None
+    assert output_cache(out) is None
 
 
 @torch.no_grad()
@@ -219,7 +220,7 @@ def test_fewer_loop_steps_from_config(ouro_dir, ref):
 def test_run_stack_reproduces_the_loop(model, ref):
     inner = model.model
     cache = DynamicCache()
-    loop = inner.prepare_loop_inputs(ref["input_ids"][:, :PROMPT], past_key_values=cache, use_cache=True)
+    loop = inner.prepare_loop_inputs(ref["input_ids"][:, :PROMPT], cache=cache, use_cache=True)
     hidden = loop.hidden_states
     for step in range(4):
         hidden = inner.run_stack(hidden, loop.position_embeddings, loop.attention_mask, cache, step=step)
@@ -248,7 +249,7 @@ def test_run_stack_blocks_can_be_looped_by_hand(model, ref):
 @torch.no_grad()
 def test_prefill_cache_layout(model, ref):
     out = model(ref["input_ids"][:, :PROMPT], use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert len(cache.layers) == 16
     for slot in range(16):
         _close(cache.layers[slot].keys, ref["prefill_cache.key"][slot])
@@ -259,11 +260,11 @@ def test_prefill_cache_layout(model, ref):
 def test_incremental_decode(model, ref):
     gen = ref["generate_ids"]
     out = model(gen[:, :PROMPT], use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     steps = [out.logits[:, -1]]
     for t in range(1, 8):
-        out = model(gen[:, PROMPT + t - 1 : PROMPT + t], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(gen[:, PROMPT + t - 1 : PROMPT + t], cache=cache, use_cache=True)
+        cache = output_cache(out)
         steps.append(out.logits[:, -1])
     incremental = torch.stack(steps, dim=1)
     _close(incremental, ref["incremental_logits"])
@@ -282,8 +283,8 @@ def test_full_forward_on_generated(model, ref):
 def test_config_built_cache_is_extended(model, ref):
     cache = DynamicCache(config=model.config)  # one layer per layer_types entry, as generate() builds it
     assert len(cache.layers) == 4
-    out = model(ref["input_ids"][:, :PROMPT], past_key_values=cache, use_cache=True)
-    assert out.past_key_values is cache and len(cache.layers) == 16
+    out = model(ref["input_ids"][:, :PROMPT], cache=cache, use_cache=True)
+    assert output_cache(out) is cache and len(cache.layers) == 16
     _close(cache.layers[15].keys, ref["prefill_cache.key"][15])
     small = DynamicCache(config=model.config)
     small.update(torch.zeros(2, 2, 3, 16), torch.zeros(2, 2, 3, 16), 0)

@@ -39,7 +39,7 @@ class SleepHybridConfig(PreTrainedConfig):
     """Config of :class:`~sleepify.models.hybrid.SleepHybridForCausalLM` (see the module docstring)."""
 
     model_type = "sleep_hybrid"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     base_config: dict | None = None
     block_plan: list | None = None

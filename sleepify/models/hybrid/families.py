@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from transformers import AttentionInterface
 
 from sleepify.layers.state import MixerState
+from sleepify.models.compat import cache_kwargs
 from sleepify.sleep import AttentionWindow, KVBuffer, WindowContext
 
 __all__ = [
@@ -142,7 +143,7 @@ class HFAttentionBlock:
             h,
             attention_mask=mask,
             position_embeddings=ctx.position_embeddings,
-            past_key_values=recorder,
+            **cache_kwargs(recorder),
             **kwargs,
         )
         if isinstance(out, tuple):

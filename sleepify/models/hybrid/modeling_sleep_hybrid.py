@@ -23,12 +23,13 @@ import torch
 from torch import Tensor, nn
 from transformers import initialization as init
 from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-from transformers.utils import ModelOutput
 
 from sleepify.layers.insertion import SleepInsertBlock
 from sleepify.layers.jet_block import JetBlock, JetBlockConfig
+from sleepify.models.compat import accepts_legacy_cache, cache_kwargs, generation_cache, set_generation_cache
 from sleepify.models.hybrid.configuration_sleep_hybrid import JET_SIZE_KEYS, SleepHybridConfig
 from sleepify.models.hybrid.families import (
     SLEEPIFY_ATTENTION,
@@ -53,20 +54,18 @@ def _keep_count(logits_to_keep: Any) -> int:
 
 
 @dataclass
-class SleepHybridOutput(ModelOutput):
-    """``loss``: mean CE over scored predictions; ``logits`` ``[B, T, V]`` (NaN where not computed, see
-    ``sleep_forward``); ``sleep_state``: the state after the last window (pass it back to continue);
-    ``window_kinds`` / ``window_passes``: per window, "wake" | "sleep" | "mixed" and the passes of the looped
-    blocks that ran; ``num_loss_tokens``: scored predictions; ``loss_sum``: summed CE."""
+class SleepHybridOutput(CausalLMOutputWithPast):
+    """transformers' causal-LM output (``loss``: mean CE over scored predictions; ``logits`` ``[B, T, V]``,
+    NaN where not computed, see ``sleep_forward``; the generation cache under transformers' name for it, see
+    :mod:`sleepify.models.compat`) plus ``sleep_state``: the state after the last window (pass it back to
+    continue); ``window_kinds`` / ``window_passes``: per window, "wake" | "sleep" | "mixed" and the passes of
+    the looped blocks that ran; ``num_loss_tokens``: scored predictions; ``loss_sum``: summed CE."""
 
-    loss: Tensor | None = None
-    logits: Tensor | None = None
     sleep_state: SleepState | None = None
     window_kinds: list | None = None
     window_passes: list | None = None
     num_loss_tokens: int | None = None
     loss_sum: Tensor | None = None
-    past_key_values: Any = None
 
 
 class HybridStack:
@@ -228,6 +227,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         return SleepSettings(**values)
 
     # ---------------------------------------------------------------- forward
+    @accepts_legacy_cache
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -245,14 +245,14 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         sleep_windows: list[bool] | None = None,
         backend: str | None = None,
         return_dict: bool | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         logits_to_keep: int = 0,
         **kwargs: Any,
     ) -> SleepHybridOutput:
         """Run the sleep engine over ``input_ids [B, T]``.
 
         Args:
-            attention_mask: 2-D ``[B, T]``, 1 = real token, 0 = (left) padding. With ``past_key_values`` it
+            attention_mask: 2-D ``[B, T]``, 1 = real token, 0 = (left) padding. With ``cache`` it
                 may cover the whole stream (its last ``T`` columns are used), as ``generate()`` passes it.
             labels: HF-style ``[B, T]`` (``-100`` = not scored; shifted inside: position ``p`` predicts
                 ``labels[p + 1]``). Alternatively ``loss_mask`` ``[B, T]`` (sleepify's data format:
@@ -262,7 +262,8 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
             sleep_passes / sleep_window / eviction: override N, L, the eviction of the config.
             checkpoint_windows / truncate_passes / truncate_windows: memory options (training).
             sleep_windows: force sleep (True) / wake (False) per window.
-            past_key_values: a :class:`sleepify.generation.SleepCache` (what ``generate()`` uses): the new
+            cache: a :class:`sleepify.generation.SleepCache` (what ``generate()`` uses; ``past_key_values``
+                is accepted too, as transformers < 5.24 names it): the new
                 tokens are appended to its stream with incremental decoding (one wake forward over the new
                 tokens; the model sleeps when a window is full) and the awake logits are returned
                 (only the last column's with ``logits_to_keep=1``).
@@ -273,8 +274,8 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
             raise ValueError("SleepHybridForCausalLM needs input_ids")
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError("SleepHybridForCausalLM does not take inputs_embeds")
-        if past_key_values is not None:
-            return self._forward_cached(input_ids, attention_mask, past_key_values, logits_to_keep)
+        if cache is not None:
+            return self._forward_cached(input_ids, attention_mask, cache, logits_to_keep)
         if labels is None and loss_mask is not None:
             labels = input_ids.masked_fill(loss_mask.to(input_ids.device) == 0, -100)
         settings = self.sleep_settings(
@@ -314,37 +315,38 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
 
         if not isinstance(cache, SleepCache):
             raise ValueError(
-                f"SleepHybridForCausalLM takes a sleepify.generation.SleepCache as past_key_values, got "
+                f"SleepHybridForCausalLM takes a sleepify.generation.SleepCache as its cache, got "
                 f"{type(cache).__name__}; pass sleep_state to continue a stream without a cache"
             )
         T = input_ids.shape[1]
         mask = None if attention_mask is None else attention_mask[:, -T:]
         logits = cache.decoder.feed(input_ids, mask, logits="last" if logits_to_keep == 1 else "all")
-        return SleepHybridOutput(logits=logits, past_key_values=cache)
+        return SleepHybridOutput(logits=logits, **cache_kwargs(cache))
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):  # noqa: ANN001
         """``generate()`` decodes incrementally through a :class:`~sleepify.generation.SleepCache`."""
-        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
+        if generation_cache(model_kwargs) is not None or generation_config.use_cache is False:
             return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         from sleepify.generation import SleepCache
 
-        model_kwargs["past_key_values"] = SleepCache(self)
+        set_generation_cache(model_kwargs, SleepCache(self))
 
+    @accepts_legacy_cache
     def prepare_inputs_for_generation(
         self,
         input_ids: Tensor,
-        past_key_values: Any = None,
+        cache: Any = None,
         attention_mask: Tensor | None = None,
         **kwargs,
     ):
-        if past_key_values is None:
+        if cache is None:
             # no cache (use_cache=False): every step re-runs the engine on the whole prefix, which follows
             # the sleep rules exactly, just slowly
             return {"input_ids": input_ids, "attention_mask": attention_mask}
-        seen = past_key_values.get_seq_length()
+        seen = cache.get_seq_length()
         return {
             "input_ids": input_ids[:, seen:],
             "attention_mask": attention_mask,
-            "past_key_values": past_key_values,
+            "cache": cache,
             "logits_to_keep": kwargs.get("logits_to_keep", 0) or 0,
         }

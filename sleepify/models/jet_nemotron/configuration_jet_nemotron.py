@@ -45,7 +45,7 @@ class JetNemotronConfig(PreTrainedConfig):
     """
 
     model_type = "jet_nemotron"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 151936
     hidden_size: int = 1536

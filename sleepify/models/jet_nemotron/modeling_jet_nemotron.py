@@ -36,6 +36,13 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from sleepify.layers.jet_block import JetBlock
 from sleepify.layers.norm import RMSNorm
 from sleepify.layers.state import MixerState
+from sleepify.models.compat import (
+    accepts_legacy_cache,
+    cache_kwargs,
+    generation_cache,
+    output_cache,
+    set_generation_cache,
+)
 from sleepify.models.jet_nemotron.configuration_jet_nemotron import JetNemotronConfig
 
 __all__ = [
@@ -482,7 +489,7 @@ class JetNemotronPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
     _no_split_modules = ["JetNemotronDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_sdpa = True
@@ -536,12 +543,13 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @accepts_legacy_cache
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: JetNemotronCache | None = None,
+        cache: JetNemotronCache | None = None,
         inputs_embeds: Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -560,18 +568,18 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
             output_hidden_states = self.config.output_hidden_states
         if use_cache is None:
             use_cache = self.config.use_cache
-        if past_key_values is not None and not isinstance(past_key_values, JetNemotronCache):
+        if cache is not None and not isinstance(cache, JetNemotronCache):
             raise TypeError(
                 "Jet-Nemotron needs a JetNemotronCache (it holds JetBlock states), "
-                f"got {type(past_key_values).__name__}"
+                f"got {type(cache).__name__}"
             )
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = JetNemotronCache(self.config)
+        if use_cache and cache is None:
+            cache = JetNemotronCache(self.config)
 
         B, T, _ = inputs_embeds.shape
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         mask = _window_mask(attention_mask, past, T)
         if position_ids is None and attention_mask is not None and attention_mask.shape[1] == past + T:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
@@ -582,7 +590,7 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         for i, layer in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
-            state = past_key_values.get_layer_state(i) if past_key_values is not None else None
+            state = cache.get_layer_state(i) if cache is not None else None
             hidden_states, new_state = layer(
                 hidden_states,
                 state=state,
@@ -592,15 +600,15 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
                 backend=backend,
             )
             if use_cache:
-                past_key_values.set_layer_state(i, new_state)
+                cache.set_layer_state(i, new_state)
         if use_cache:
-            past_key_values._seen_tokens = past + T
+            cache._seen_tokens = past + T
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **cache_kwargs(cache if use_cache else None),
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
         )
 
@@ -627,12 +635,13 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 
+    @accepts_legacy_cache
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: JetNemotronCache | None = None,
+        cache: JetNemotronCache | None = None,
         inputs_embeds: Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -646,7 +655,7 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -663,7 +672,7 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
         out = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
         )
         if return_dict is False:
@@ -673,7 +682,7 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
         """generate() gets a :class:`JetNemotronCache` (transformers' default DynamicCache cannot hold
         JetBlock states); a cache passed by the caller is used as is."""
-        cache = model_kwargs.get("past_key_values")
+        cache = generation_cache(model_kwargs)
         if cache is not None:
             if not isinstance(cache, JetNemotronCache):
                 raise TypeError(f"Jet-Nemotron needs a JetNemotronCache, got {type(cache).__name__}")
@@ -681,4 +690,4 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
             return
         if generation_config.use_cache is False:
             return
-        model_kwargs["past_key_values"] = JetNemotronCache(self.config)
+        set_generation_cache(model_kwargs, JetNemotronCache(self.config))

@@ -55,7 +55,7 @@ class OuroConfig(PreTrainedConfig):
     """
 
     model_type = "ouro"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",

@@ -61,6 +61,12 @@ from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from ..compat import (
+    accepts_legacy_cache,
+    cache_kwargs,
+    generation_cache,
+    output_cache,
+)
 from .configuration_ouro import OuroConfig
 
 __all__ = [
@@ -115,7 +121,7 @@ class OuroLoopInputs:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     attention_mask: dict[str, Any]
     position_ids: torch.Tensor
-    past_key_values: Cache | None
+    cache: Cache | None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -306,12 +312,13 @@ class OuroAttention(nn.Module):
         layer_type = config.layer_types[layer_idx]
         self.sliding_window = config.sliding_window if layer_type == "sliding_attention" else None
 
+    @accepts_legacy_cache
     def forward(
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         cache_idx: int | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -325,9 +332,9 @@ class OuroAttention(nn.Module):
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
 
-        if past_key_values is not None:
+        if cache is not None:
             slot = self.layer_idx if cache_idx is None else cache_idx
-            key, value = past_key_values.update(key, value, slot)
+            key, value = cache.update(key, value, slot)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -362,12 +369,13 @@ class OuroDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = OuroRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm_2 = OuroRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
+    @accepts_legacy_cache
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         cache_idx: int | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
@@ -376,7 +384,7 @@ class OuroDecoderLayer(GradientCheckpointingLayer):
             self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             cache_idx=cache_idx,
             **kwargs,
         )
@@ -397,7 +405,7 @@ class OuroPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["OuroDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -438,12 +446,13 @@ class OuroModel(OuroPreTrainedModel):
         """Cache slot of ``layers[layer_idx]`` in loop step ``step`` (upstream layout)."""
         return step * len(self.layers) + layer_idx
 
+    @accepts_legacy_cache
     def prepare_loop_inputs(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: MaskLike = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool = False,
     ) -> OuroLoopInputs:
@@ -455,12 +464,12 @@ class OuroModel(OuroPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
 
         if use_cache:
-            if past_key_values is None:
-                past_key_values = DynamicCache()
-            ensure_looped_cache(past_key_values, self.num_cache_slots())
+            if cache is None:
+                cache = DynamicCache()
+            ensure_looped_cache(cache, self.num_cache_slots())
 
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
             position_ids = position_ids.unsqueeze(0)
 
@@ -471,8 +480,8 @@ class OuroModel(OuroPreTrainedModel):
                 "config": self.config,
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": attention_mask,
-                "past_key_values": past_key_values,
                 "position_ids": position_ids,
+                **cache_kwargs(cache),
             }
             mask_mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
             if "sliding_attention" in self.config.layer_types:
@@ -484,15 +493,16 @@ class OuroModel(OuroPreTrainedModel):
             position_embeddings=position_embeddings,
             attention_mask=mask_mapping,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
         )
 
+    @accepts_legacy_cache
     def run_stack(
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: MaskLike = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         step: int = 0,
         apply_norm: bool = True,
         **kwargs: Any,
@@ -505,7 +515,7 @@ class OuroModel(OuroPreTrainedModel):
             position_embeddings: ``(cos, sin)`` from ``self.rotary_emb`` (identical for every step).
             attention_mask: a mapping ``{layer_type: mask}`` (as built by :meth:`prepare_loop_inputs`) or
                 one prepared mask (or ``None``) used for every layer.
-            past_key_values: the looped cache, or ``None``; layer ``i`` appends to slot
+            cache: the looped cache, or ``None``; layer ``i`` appends to slot
                 ``step * len(self.layers) + i``.
             step: the loop step index (only selects the cache slots).
             apply_norm: apply the final norm, as Ouro does after every step.
@@ -519,7 +529,7 @@ class OuroModel(OuroPreTrainedModel):
                 hidden_states,
                 attention_mask=mask,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 cache_idx=self.cache_index(step, i),
                 **kwargs,
             )
@@ -527,6 +537,7 @@ class OuroModel(OuroPreTrainedModel):
             hidden_states = self.norm(hidden_states)
         return hidden_states
 
+    @accepts_legacy_cache
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -534,7 +545,7 @@ class OuroModel(OuroPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: MaskLike = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Any,
@@ -543,7 +554,7 @@ class OuroModel(OuroPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=bool(use_cache),
         )
@@ -555,7 +566,7 @@ class OuroModel(OuroPreTrainedModel):
                 hidden_states,
                 loop.position_embeddings,
                 loop.attention_mask,
-                past_key_values=loop.past_key_values,
+                cache=loop.cache,
                 step=step,
                 position_ids=loop.position_ids,
                 **kwargs,
@@ -565,7 +576,7 @@ class OuroModel(OuroPreTrainedModel):
 
         return OuroModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=loop.past_key_values if use_cache else None,
+            **cache_kwargs(loop.cache if use_cache else None),
             hidden_states_per_step=tuple(per_step),
             gate_logits_per_step=tuple(gates),
         )
@@ -595,7 +606,7 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
         # v5 builds DynamicCache(config=...) with one layer per `layer_types` entry: grow it to the looped
         # layout (total_ut_steps * num_hidden_layers slots) while it is still empty.
         result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("past_key_values")
+        cache = generation_cache(model_kwargs)
         if isinstance(cache, Cache):
             ensure_looped_cache(cache, self.model.num_cache_slots())
         return result
@@ -608,13 +619,14 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
             logits = weighted if logits is None else logits + weighted
         return logits
 
+    @accepts_legacy_cache
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: MaskLike = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -640,7 +652,7 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -675,7 +687,7 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
         return OuroCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             exit_pdf=exit_pdf,

@@ -41,7 +41,7 @@ class SleepScratchConfig(PreTrainedConfig):
     """Config of :class:`~sleepify.models.scratch.SleepScratchForCausalLM` (see the module docstring)."""
 
     model_type = "sleep_scratch"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 100  # the character tokenizer (sleepify.data.tokenizer)
     hidden_size: int = 256
