@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -73,7 +74,8 @@ def set_generation_cache(model_kwargs: dict[str, Any], cache: Any) -> None:
 
 def accepts_legacy_cache(forward: F) -> F:
     """Let a ``forward(..., cache=...)`` also be called with ``past_key_values=...`` (older ``generate()``,
-    user code written for transformers < 5.24). Passing both is an error."""
+    user code written for transformers < 5.24). Passing both is an error. The signature shows both names:
+    ``generate()`` checks its keyword arguments against it."""
 
     @functools.wraps(forward)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -85,4 +87,11 @@ def accepts_legacy_cache(forward: F) -> F:
                 kwargs["cache"] = legacy
         return forward(*args, **kwargs)
 
+    signature = inspect.signature(forward)
+    params = list(signature.parameters.values())
+    if LEGACY_CACHE_KWARG not in signature.parameters:
+        legacy = inspect.Parameter(LEGACY_CACHE_KWARG, inspect.Parameter.KEYWORD_ONLY, default=None)
+        at = len(params) - 1 if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD else len(params)
+        params.insert(at, legacy)
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

@@ -26,6 +26,7 @@ from sleepify.models.hybrid import SleepHybridConfig, SleepHybridForCausalLM
 from sleepify.models.scratch import SleepScratchForCausalLM, builtin_config
 from sleepify.training.loop import init_distributed, train
 from sleepify.training.parallel import shard_units
+from tests.helpers import newton_schulz_fp32
 from tests.training.test_loop import TinyLM, cfg, dataset
 
 
@@ -73,21 +74,6 @@ def test_ddp_two_ranks_matches_single_process(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ FSDP
 
 
-def _newton_schulz_fp32(
-    grad: torch.Tensor, ns_coefficients: tuple, ns_steps: int, eps: float
-) -> torch.Tensor:
-    """torch.optim.Muon's quintic iteration in float32 (the stock one casts to bfloat16)."""
-    a, b, c = ns_coefficients
-    x = grad.float()
-    tall = grad.size(0) > grad.size(1)
-    x = x.T if tall else x
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(ns_steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if tall else x
-
-
 def sleep_model() -> SleepHybridForCausalLM:
     """The built-in 4-block GDN/attention hybrid (tiny), perturbed so every weight matters, windows of 8."""
     torch.manual_seed(0)
@@ -133,7 +119,7 @@ def sleep_cfg(**kw):  # noqa: ANN003, ANN201
 
 
 def _fsdp_worker(rank: int, out: Path) -> None:
-    torch_muon._zeropower_via_newtonschulz = _newton_schulz_fp32
+    torch_muon._zeropower_via_newtonschulz = newton_schulz_fp32
     results = {}
     model = sleep_model()
     full = train(model, sleep_rows(), sleep_cfg(), out / "fsdp-full", loss_fn=sleep_loss, progress=False)
@@ -177,7 +163,7 @@ def _fsdp_worker(rank: int, out: Path) -> None:
 
 @pytest.mark.slow
 def test_fsdp_two_ranks_matches_single_process_and_resumes(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", _newton_schulz_fp32)
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", newton_schulz_fp32)
     _spawn(_fsdp_worker, tmp_path)
     sharded = torch.load(tmp_path / "fsdp.pt", weights_only=True)
 
