@@ -33,6 +33,7 @@ from typing import Any
 
 from sleepify.errors import SleepifyError
 from sleepify.fsutil import publish_folder
+from sleepify.remote_code import AUTO_MAP, write_remote_code
 
 __all__ = ["ExportResult", "export", "model_card", "read_provenance", "resolve_run"]
 
@@ -461,7 +462,10 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
     try:
+        # self-contained remote code: loads with trust_remote_code=True where sleepify is not installed
+        model.config.auto_map = dict(AUTO_MAP)
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        write_remote_code(tmp)
         with contextlib.suppress(OSError, ValueError, TypeError):
             AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
         try:

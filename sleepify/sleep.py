@@ -76,7 +76,8 @@ from torch.utils.checkpoint import checkpoint
 
 from sleepify.errors import SleepifyError
 from sleepify.layers.state import MixerState
-from sleepify.ops import attention as attention_op
+from sleepify.ops.attention import BACKENDS as ATTENTION_BACKENDS
+from sleepify.ops.attention import allowed_keys, window_attention
 
 __all__ = [
     "AttentionWindow",
@@ -152,7 +153,7 @@ class AttentionWindow:
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None, dropout_p: float = 0.0) -> Tensor:
         """``q [B, Hq, Tq, D]`` over ``k``/``v`` ``[B, Hkv, K, D]`` -> ``[B, Hq, Tq, D]``."""
-        return attention_op.window_attention(
+        return window_attention(
             q,
             k,
             v,
@@ -172,7 +173,7 @@ def attention_backend(backend: str | dict) -> str:
     when attention knows it (``torch``, ``sdpa``, ``flash``, ``fla``), else ``"auto"``."""
     if isinstance(backend, dict):
         return backend.get("attn", "auto")
-    return backend if backend in attention_op.BACKENDS else "auto"
+    return backend if backend in ATTENTION_BACKENDS else "auto"
 
 
 @dataclass
@@ -261,7 +262,7 @@ class WindowContext:
         span = self._span(sliding_window)
         if span not in self._masks:
             # the op's rule: causal, real keys, the span; a padded query sees at least itself
-            allowed = attention_op.allowed_keys(self.q_index, self.k_index, self.k_valid, span)
+            allowed = allowed_keys(self.q_index, self.k_index, self.k_valid, span)
             mask = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
             mask = mask.masked_fill(~allowed, torch.finfo(self.dtype).min)
             self._masks[span] = mask[:, None]

@@ -110,7 +110,7 @@ def gated_delta_rule(
         scale = Dk**-0.5
 
     if name in ("fla_chunk", "fla_recurrent"):
-        from sleepify.ops.gated_delta_rule import fla_backend
+        from sleepify.ops.gated_delta_rule.fla_backend import fla_chunk, fla_recurrent
 
         kwargs = dict(
             scale=scale,
@@ -119,8 +119,8 @@ def gated_delta_rule(
             use_qk_l2norm=use_qk_l2norm,
         )
         if name == "fla_chunk":
-            return fla_backend.fla_chunk(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
-        return fla_backend.fla_recurrent(q, k, v, g, beta, **kwargs)
+            return fla_chunk(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
+        return fla_recurrent(q, k, v, g, beta, **kwargs)
 
     out_dtype = q.dtype
     dtype = torch.promote_types(q.dtype, torch.float32)
