@@ -101,6 +101,7 @@ __all__ = [
 
 IGNORE = -100
 EVICTIONS = ("hard", "sliding")
+LOGITS_MODES = ("stream", "wake", "all", "none")  # see sleep_forward
 KV = tuple[Tensor, Tensor]  # (key, value), each [B, H_kv, K, D]
 
 
@@ -752,7 +753,7 @@ def sleep_forward(
     attention_mask: Tensor | None = None,
     labels: Tensor | None = None,
     state: SleepState | None = None,
-    logits: str = "wake",
+    logits: str = "stream",
     sleep_windows: Sequence[bool] | None = None,
     on_window: Callable[[int, str, int], None] | None = None,
     logits_to_keep: int = 0,
@@ -763,15 +764,19 @@ def sleep_forward(
         labels: HF-style labels ``[B, T]`` (``-100`` = not scored; position ``p`` predicts ``labels[p + 1]``).
             Their scored positions decide which windows are awake (rule 2).
         state: continue from a previous call's ``SleepOutput.state`` (None = zero state).
-        logits: ``"wake"`` (logits of awake rows of wake/mixed windows), ``"all"`` (every window; a slept
-            window's logits read its state after the consolidation and the coda) or ``"none"``.
+        logits: ``"stream"`` (every position: the prediction it gets when the model streams, i.e. the wake
+            forward of its window from the state the earlier windows left; a window that sleeps still
+            consolidates, and its wake forward is the first ``wake_passes`` passes of the consolidation, so
+            this costs an extra coda and LM head on slept windows only), ``"wake"`` (logits of awake rows
+            only; NaN elsewhere), ``"all"`` (every window; a slept window's logits read its state after the
+            consolidation and the coda) or ``"none"``.
         sleep_windows: force the per-window decision (True = sleep, for every row); overrides rule 2.
         on_window: called as ``on_window(window_index, kind, passes)`` after every window.
         logits_to_keep: return the logits of the last ``k`` columns only (``[B, k, V]``; 0 = all). The
             loss still covers every window; memory for logits is then ``B * k * V`` instead of ``B * T * V``.
     """
-    if logits not in ("wake", "all", "none"):
-        raise ValueError(f"logits must be 'wake', 'all' or 'none', got {logits!r}")
+    if logits not in LOGITS_MODES:
+        raise ValueError(f"logits must be one of {LOGITS_MODES}, got {logits!r}")
     if logits_to_keep < 0:
         raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
     B, T = input_ids.shape
@@ -825,11 +830,15 @@ def sleep_forward(
         if w == cut and w > 0:
             state = state.detach()
         has_loss = has_loss_w[w]
+        need_logits = logits != "none" and s + ids_w.shape[1] > first_kept
+        mode = forced[w]
+        if logits == "stream" and need_logits and mode is None and bool(sleep_rows.any()):
+            mode = "mixed"  # the wake branch gives every row its streaming prediction; sleep rows still sleep
         grad_ctx = torch.no_grad() if (w < cut and not any_loss_w[w]) else nullcontext()
         with grad_ctx:
             want_sleep_h = logits == "all" or agree is not None
             h_wake, h_sleep, state, n_passes = run_window(
-                stack, settings, ids_w, mask_w, state, sleep_rows, want_sleep_h=want_sleep_h, mode=forced[w]
+                stack, settings, ids_w, mask_w, state, sleep_rows, want_sleep_h=want_sleep_h, mode=mode
             )
         if agree is not None and torch.is_grad_enabled():
             for h in (h_wake, h_sleep):
@@ -848,14 +857,11 @@ def sleep_forward(
         if on_window is not None:
             on_window(w, kind, n_passes)
 
-        need_logits = logits != "none" and s + ids_w.shape[1] > first_kept
         win_logits = None
         if h_wake is not None and (has_loss or need_logits):
             win_logits = stack.lm_head(h_wake) if need_logits else None
             if has_loss:
-                scored = tgt_w != IGNORE
-                if kind == "mixed":
-                    scored = scored & ~sleep_rows[:, None]
+                scored = (tgt_w != IGNORE) & ~sleep_rows[:, None]  # sleeping rows score nothing
                 # without logits to return, the head runs on the scored positions only (no B x L x V)
                 picked = win_logits[scored] if win_logits is not None else stack.lm_head(h_wake[scored])
                 ce = F.cross_entropy(picked.float(), tgt_w[scored], reduction="sum")

@@ -108,6 +108,33 @@ def test_incremental_matches_prefix_forward(tiny_run: Path, passes: int, evictio
         torch.testing.assert_close(got[p], prefix_logits(model, ids, None, p), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("passes", [1, 3])
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_default_logits_are_the_streaming_predictions(tiny_run: Path, passes: int, eviction: str) -> None:
+    """model(ids).logits (one call over several windows) equals decoding the stream token by token, at
+    every position, and the windows still sleep: a perplexity computed the usual way is the streaming one."""
+    model = load(tiny_run, passes, eviction)
+    T = 3 * L + 3
+    ids = torch.randint(4, 100, (2, T))
+    mask = torch.ones(2, T, dtype=torch.long)
+    mask[1, :3] = 0  # left padding in one row
+    ids = ids.masked_fill(mask == 0, 0)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask)
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(ids, attention_mask=mask, labels=labels, logits="none").loss
+    assert out.window_kinds == ["sleep", "sleep", "sleep", "wake"]
+    real = mask.bool()
+    assert torch.isfinite(out.logits[real]).all()
+    dec = SleepDecoder(model)
+    steps = [dec.feed(ids[:, p : p + 1], mask[:, p : p + 1])[:, -1] for p in range(T)]
+    assert dec.sleeps == 3
+    streamed = torch.stack(steps, dim=1)
+    torch.testing.assert_close(out.logits[real], streamed[real], atol=2e-5, rtol=1e-4)
+    # the usual perplexity from these logits is the model's own loss when every window is scored awake
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.parametrize("eviction", ["hard", "sliding"])
 def test_prompt_spanning_windows_and_left_padding(tiny_run: Path, eviction: str) -> None:
     """A prompt longer than a window (its full windows sleep without a wake forward), left padding in a

@@ -192,9 +192,15 @@ def test_no_labels_sleeps_every_window_but_the_last():
     _, model = build(FAMILIES["qwen2"](), jet_after=(1,), window=L)
     ids = torch.randint(0, 64, (1, 2 * L + 1))
     with torch.no_grad():
-        out = model(ids, sleep_passes=2)
-    assert out.window_kinds == ["sleep", "sleep", "wake"]
+        out = model(ids, sleep_passes=2, logits="wake")  # the cheap mode: no logits for slept windows
+        streamed = model(ids, sleep_passes=2)  # the default: every position's streaming prediction
+    assert out.window_kinds == streamed.window_kinds == ["sleep", "sleep", "wake"]
+    assert out.window_passes == streamed.window_passes == [2, 2, 1]
     assert torch.isnan(out.logits[:, : 2 * L]).all() and not torch.isnan(out.logits[:, 2 * L :]).any()
+    assert torch.isfinite(streamed.logits).all()
+    torch.testing.assert_close(streamed.logits[:, 2 * L :], out.logits[:, 2 * L :], atol=0, rtol=0)
+    for a, b in zip(streamed.sleep_state.mixers.values(), out.sleep_state.mixers.values(), strict=True):
+        torch.testing.assert_close(a.recurrent, b.recurrent, atol=0, rtol=0)  # the same consolidation
 
 
 @pytest.mark.parametrize("family", ["qwen2", "ouro"])

@@ -235,7 +235,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         labels: Tensor | None = None,
         loss_mask: Tensor | None = None,
         sleep_state: SleepState | None = None,
-        logits: str = "wake",
+        logits: str = "stream",
         sleep_passes: int | None = None,
         sleep_window: int | None = None,
         eviction: str | None = None,
@@ -258,7 +258,8 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
                 ``labels[p + 1]``). Alternatively ``loss_mask`` ``[B, T]`` (sleepify's data format:
                 ``loss_mask[i] = 1`` iff token ``i`` is a target) with ``input_ids`` as the targets.
             sleep_state: continue from a previous output's ``sleep_state``.
-            logits: "wake" (default), "all" or "none" (see :func:`sleepify.sleep.sleep_forward`).
+            logits: "stream" (default: every position's streaming prediction, finite everywhere), "wake",
+                "all" or "none" (see :func:`sleepify.sleep.sleep_forward`).
             sleep_passes / sleep_window / eviction: override N, L, the eviction of the config.
             checkpoint_windows / truncate_passes / truncate_windows: memory options (training).
             sleep_windows: force sleep (True) / wake (False) per window.
