@@ -564,6 +564,10 @@ def run_eval(
     from sleepify.config import load_recipe
 
     model_dirs = [resolve_model_dir(s, runs_root) for s in (list(sources) or [None])]
+    if not progress:
+        from sleepify.training.stage import quiet_library_bars
+
+        quiet_library_bars()
     passes = list(passes or [])
     if any(int(p) < 1 for p in passes):
         raise EvalError(f"--N values must be >= 1, got {passes}")

@@ -29,7 +29,9 @@ same data and tokenizer does not tokenize again. Data without an eval split gets
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,8 +131,30 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """datasets' bars off: reading a local file is quick, and its bar would precede a one-line error."""
+    from datasets.utils import logging as ds_logging
+
+    was_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            ds_logging.enable_progress_bar()
+
+
 def _load(name: str, config: str | None) -> tuple[Any, str]:
     """The raw ``Dataset`` / ``DatasetDict`` and what kind of source it is."""
+    path = Path(name).expanduser()
+    if path.exists():
+        with _no_progress_bars():
+            return _load_source(name, config)
+    return _load_source(name, config)
+
+
+def _load_source(name: str, config: str | None) -> tuple[Any, str]:
     import datasets
 
     from sleepify.data.prepare import FILE_BUILDERS, load_source
@@ -430,12 +454,7 @@ def tokenize(ds: Any, tokenizer: Any, opened: OpenedData, *, progress: bool = Tr
         rows = build(batch, tokenizer, opened)
         return {name: [r[name] for r in rows] for name in COLUMNS}
 
-    from datasets.utils import logging as ds_logging
-
-    bars_were_on = ds_logging.is_progress_bar_enabled()
-    if not progress:
-        ds_logging.disable_progress_bar()
-    try:
+    with contextlib.nullcontext() if progress else _no_progress_bars():
         out = ds.map(
             fn,
             batched=True,
@@ -444,9 +463,6 @@ def tokenize(ds: Any, tokenizer: Any, opened: OpenedData, *, progress: bool = Tr
             new_fingerprint=Hasher.hash(key),
             desc="tokenizing",
         )
-    finally:
-        if bars_were_on:
-            ds_logging.enable_progress_bar()
     if out.num_rows == 0:
         raise DataError(f"--data {opened.path}: no usable rows after tokenizing (empty texts or answers?)")
     return out

@@ -174,6 +174,15 @@ def plan_stage(
     )
 
 
+def quiet_library_bars() -> None:
+    """No progress bars from transformers (loading / writing weights) and datasets either (--quiet)."""
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    datasets_logging.disable_progress_bar()
+
+
 def _check_vocab(rows: Any, model_dir: Path, what: str) -> None:
     """Token ids beyond the model's vocabulary mean the data was tokenized for another model."""
     import pyarrow.compute as pc
@@ -226,6 +235,8 @@ def run_stage(plan: StagePlan, *, progress: bool = True) -> Path:
 
     rec = plan.resolved.recipe
     stage, run_dir, model_dir = plan.stage, plan.run_dir, plan.model_dir
+    if not progress:
+        quiet_library_bars()
     if plan.data_reused:
         log.info("data: %s (from the previous stage's recipe; pass --data to change it)", rec.data.path)
     log.info(plan.data.describe())
