@@ -681,6 +681,34 @@ def run_eval(
     return report, out_dir
 
 
+def plan_eval(
+    sources: Sequence[str | None],
+    data: str | None = None,
+    *,
+    split: str | None = None,
+    passes: Sequence[int] = (),
+    recipes: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    runs_root: str | Path = "runs",
+) -> str:
+    """What :func:`run_eval` would score, as text (``sleepify eval --dry-run``): nothing loaded or written."""
+    from sleepify.config import load_recipe
+    from sleepify.data.sources import open_data
+
+    model_dirs = [resolve_model_dir(s, runs_root) for s in (list(sources) or [None])]
+    first = load_recipe([*_stored_recipe(model_dirs[0]), *recipes], list(overrides)).recipe
+    path = data or first.data.path
+    if not path:
+        raise EvalError("no data (data.path is not set): pass --data")
+    section = first.data.model_copy(update={"path": str(path), **({"eval_split": split} if split else {})})
+    opened = open_data(section)
+    how = "loss and perplexity" if opened.exact_match is None else f"exact match per {opened.exact_match}"
+    lines = [f"eval: {len(model_dirs)} model(s), {how}, N = {', '.join(map(str, passes)) or 'as trained'}"]
+    lines += [f"  model: {d}" for d in model_dirs]
+    lines.append(f"  {opened.describe()}")
+    return "\n".join(lines)
+
+
 def _eval_rows(
     data: Any, split: str | None, model_dir: Path, progress: bool
 ) -> tuple[Any, dict[str, Any], str | None, Any]:
