@@ -58,7 +58,7 @@ def cli(quiet: bool, verbose: bool) -> None:
     Shell completion: eval "$(_SLEEPIFY_COMPLETE=bash_source sleepify)" in ~/.bashrc (zsh_source,
     fish_source for zsh and fish).
     """
-    from sleepify.cli.common import configure_logging  # -q / -v: what the library's logging shows
+    from sleepify.cli.output import configure_logging  # -q / -v: what the library's logging shows
 
     configure_logging(-1 if quiet else 1 if verbose else 0)
 
