@@ -228,3 +228,25 @@ def test_cli_quiet_hides_info(own: Path, tmp_path: Path) -> None:
     for quiet in (["-q", *args], [*args, "--quiet"]):
         out = invoke([*quiet, "--out", str(tmp_path / quiet[0].strip("-"))])
         assert "format text" not in out and "train done" not in out and "100%" not in out, out
+
+
+def test_slow_on_cpu_notice_suggests_the_cpu_recipe(own: Path) -> None:
+    """The GPU-scale defaults (batch 512, 100 steps) on a 10M-parameter model: a notice before training."""
+    from types import SimpleNamespace
+
+    from sleepify.training.stage import _slow_on_cpu_notice
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[1] * 103] * 8})
+    big = SimpleNamespace(parameters=lambda: [torch.empty(10_000_000, device="meta")])
+    plan = sleepify.plan(
+        "train", own / "run" / "convert", data=own / "qa.jsonl", overrides={"train.batch_size": 512}
+    )
+    notice = _slow_on_cpu_notice(big, rows, plan)
+    assert notice and "-r repro/rule110-cpu" in notice and "batch 512" in notice
+    small = SimpleNamespace(parameters=lambda: [torch.empty(1_000, device="meta")])
+    assert (
+        _slow_on_cpu_notice(
+            small, rows, sleepify.plan("train", own / "run" / "convert", data=own / "qa.jsonl")
+        )
+        is None
+    )
