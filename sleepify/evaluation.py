@@ -346,6 +346,64 @@ def evaluate(
     return aggregate(records, exact_match)
 
 
+def evaluate_lm(
+    model: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 16,
+    max_examples: int | None = None,
+    pad_id: int = 0,
+    device: Any = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Language-modelling loss and perplexity of ``model`` on plain-text rows (every ``loss_mask`` token).
+
+    The rows run through the training forward (``logits="none"``: the engine sums the cross entropy window
+    by window), so a window full of scored tokens is awake, as in training. Returns ``{"loss", "perplexity",
+    "tokens", "count"}`` with the loss averaged over tokens (not rows).
+    """
+    import torch
+
+    from sleepify.training.data import collate
+
+    n = len(dataset) if max_examples is None else min(len(dataset), int(max_examples))
+    if n == 0:
+        raise EvalError("the evaluation split is empty")
+    dataset = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
+    device = torch.device(device) if device is not None else _model_device(model)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="eval", unit="row")
+    loss_sum, tokens = 0.0, 0
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                rows = [dataset[i] for i in range(start, min(n, start + batch_size))]
+                batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+                out = model(**batch, logits="none")
+                if out.loss_sum is not None:
+                    loss_sum += float(out.loss_sum)
+                    tokens += int(out.num_loss_tokens)
+                if bar is not None:
+                    bar.update(len(rows))
+    finally:
+        if bar is not None:
+            bar.close()
+        if was_training:
+            model.train()
+    loss = loss_sum / tokens if tokens else float("nan")
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss) if math.isfinite(loss) else float("nan"),
+        "tokens": tokens,
+        "count": n,
+    }
+
+
 # ------------------------------------------------------------------------------------------------------------
 # data and models from folders
 
@@ -506,6 +564,10 @@ def run_eval(
     from sleepify.config import load_recipe
 
     model_dirs = [resolve_model_dir(s, runs_root) for s in (list(sources) or [None])]
+    if not progress:
+        from sleepify.training.stage import quiet_library_bars
+
+        quiet_library_bars()
     passes = list(passes or [])
     if any(int(p) < 1 for p in passes):
         raise EvalError(f"--N values must be >= 1, got {passes}")
@@ -525,12 +587,17 @@ def run_eval(
     first = plans[0][1]
     data_path = data or first.data.path
     if not data_path:
-        raise EvalError("no data: pass --data DIR (a folder written by `sleepify data`)")
-    split = split or first.data.eval_split
+        raise EvalError(
+            "no data (data.path is not set): pass --data (a `sleepify data` folder, a saved dataset, a "
+            ".jsonl/.json/.parquet/.csv file or a Hub dataset id)"
+        )
+    data_section = first.data.model_copy(update={"path": str(data_path)})
+    if split:
+        data_section = data_section.model_copy(update={"eval_split": split})
     batch_size = batch_size or first.eval.batch_size
     max_examples = max_examples or first.eval.max_examples
-    dataset, meta = load_eval_data(data_path, split)
-    exact_match = meta.get("exact_match", "answer")
+    dataset, meta, exact_match, opened = _eval_rows(data_section, split, model_dirs[0], progress)
+    split = split or (data_section.eval_split if opened.held_out is None else "held-out")
     n_rows = len(dataset) if max_examples is None else min(len(dataset), max_examples)
 
     vocab_needed = None
@@ -559,16 +626,24 @@ def run_eval(
                     f"evaluating {model_dir} (N={cfg.sleep_passes}, L={cfg.sleep_window}, "
                     f"eviction={cfg.eviction}) on {n_rows} rows of {data_path} [{split}]"
                 )
-            res = evaluate(
-                model,
-                dataset,
-                exact_match=exact_match,
-                batch_size=batch_size,
-                max_examples=max_examples,
-                pad_id=pad_id,
-                device=dev,
-                progress=progress,
-            )
+            if exact_match is None:  # plain text: loss and perplexity
+                lm = evaluate_lm(
+                    model, dataset, batch_size=batch_size, max_examples=max_examples, pad_id=pad_id,
+                    device=dev, progress=progress,
+                )  # fmt: skip
+                scores = {"buckets": {}, "overall": lm}
+            else:
+                res = evaluate(
+                    model,
+                    dataset,
+                    exact_match=exact_match,
+                    batch_size=batch_size,
+                    max_examples=max_examples,
+                    pad_id=pad_id,
+                    device=dev,
+                    progress=progress,
+                )
+                scores = res.to_dict()
             entry = {
                 "name": _run_name(model_dir),
                 "path": str(model_dir.resolve()),
@@ -577,7 +652,7 @@ def run_eval(
                 "L": int(cfg.sleep_window),
                 "eviction": str(cfg.eviction),
                 "wake_passes": int(cfg.wake_passes),
-                **res.to_dict(),
+                **scores,
             }
             results.append(entry)
         del model
@@ -590,6 +665,9 @@ def run_eval(
             "path": str(Path(data_path).resolve()),
             "split": split,
             "task": meta.get("task"),
+            "format": opened.format,
+            "metric": "exact_match" if exact_match else "perplexity",
+            "held_out": opened.held_out,
             "bucket": _bucket_name(meta),
             "exact_match": exact_match,
             "rows": n_rows,
@@ -601,6 +679,62 @@ def run_eval(
     out_dir = Path(out) if out else run_dir_of(model_dirs[0]) / "eval"
     write_report(report, out_dir, plot=plot)
     return report, out_dir
+
+
+def plan_eval(
+    sources: Sequence[str | None],
+    data: str | None = None,
+    *,
+    split: str | None = None,
+    passes: Sequence[int] = (),
+    recipes: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    runs_root: str | Path = "runs",
+) -> str:
+    """What :func:`run_eval` would score, as text (``sleepify eval --dry-run``): nothing loaded or written."""
+    from sleepify.config import load_recipe
+    from sleepify.data.sources import open_data
+
+    model_dirs = [resolve_model_dir(s, runs_root) for s in (list(sources) or [None])]
+    first = load_recipe([*_stored_recipe(model_dirs[0]), *recipes], list(overrides)).recipe
+    path = data or first.data.path
+    if not path:
+        raise EvalError("no data (data.path is not set): pass --data")
+    section = first.data.model_copy(update={"path": str(path), **({"eval_split": split} if split else {})})
+    opened = open_data(section)
+    how = "loss and perplexity" if opened.exact_match is None else f"exact match per {opened.exact_match}"
+    lines = [f"eval: {len(model_dirs)} model(s), {how}, N = {', '.join(map(str, passes)) or 'as trained'}"]
+    lines += [f"  model: {d}" for d in model_dirs]
+    lines.append(f"  {opened.describe()}")
+    return "\n".join(lines)
+
+
+def _eval_rows(
+    data: Any, split: str | None, model_dir: Path, progress: bool
+) -> tuple[Any, dict[str, Any], str | None, Any]:
+    """The held-out rows of ``data`` (any source ``--data`` takes, tokenized with the model's tokenizer),
+    the dataset's ``meta.json``, how to score it (``"answer"`` / ``"row"`` exact match, or None: loss and
+    perplexity on plain text) and the opened source."""
+    from sleepify.data.sources import load_tokenizer_for, open_data
+
+    opened = open_data(data)
+    if split and opened.split_names and split not in opened.split_names:
+        raise EvalError(
+            f"{data.path} has no split '{split}'{did_you_mean(split, opened.split_names)}; "
+            f"splits: {', '.join(opened.split_names)}"
+        )
+    tokenizer = load_tokenizer_for(model_dir, opened)
+    rows = opened.rows("eval", tokenizer, progress=progress)
+    exact_match = opened.exact_match
+    if exact_match not in (None, *EXACT_MATCH_MODES):
+        raise EvalError(
+            f"{data.path}/meta.json: exact_match must be one of {EXACT_MATCH_MODES}, got {exact_match!r}"
+        )
+    if exact_match is not None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in rows.column_names]
+        if missing:
+            raise EvalError(f"{data.path} lacks the column(s) {', '.join(missing)} that exact match needs")
+    return rows, opened.meta, exact_match, opened
 
 
 def _label(results: list[dict[str, Any]]) -> None:
@@ -652,6 +786,19 @@ def format_table(report: dict[str, Any]) -> str:
     """A markdown table: one line per bucket (and overall), accuracy and loss columns per result."""
     data = report["data"]
     results = report["results"]
+    if data.get("metric") == "perplexity":
+        lines = ["| model | rows | tokens | loss | perplexity |", "|---|---|---|---|---|"]
+        for r in results:
+            o = r["overall"]
+            lines.append(
+                f"| {r['label']} | {o['count']} | {o['tokens']} | {_fmt(o['loss'], 4)} "
+                f"| {_fmt(o['perplexity'], 3)} |"
+            )
+        title = (
+            f"Language-modelling loss (nats per token) and perplexity — {data['path']} "
+            f"[{data['split']}], {data['rows']} rows"
+        )
+        return title + "\n\n" + "\n".join(lines)
     unit = "rows" if data["exact_match"] == "row" else "answers"
     head = [data["bucket"], unit] + [h for r in results for h in (f"{r['label']} acc", f"{r['label']} loss")]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -677,9 +824,19 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    data = report["data"]
+    if data.get("metric") == "perplexity":  # one number per result: a bar each
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labels = [r["label"] for r in report["results"]]
+        ax.bar(labels, [_nan(r["overall"]["perplexity"]) for r in report["results"]])
+        ax.set_ylabel("perplexity")
+        ax.set_title(f"{Path(str(data['path'])).name} [{data['split']}], {data['rows']} rows")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return Path(path)
     buckets = _all_buckets(report)
     xs = list(range(len(buckets)))
-    data = report["data"]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     for r in report["results"]:
         acc = [_nan(r["buckets"].get(b, {}).get("accuracy")) for b in buckets]

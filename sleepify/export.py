@@ -94,6 +94,31 @@ def resolve_run(source: str | Path | None, runs_root: str | Path = "runs") -> tu
     return model, run
 
 
+def plan_export(
+    source: str | Path | None,
+    out: str | Path,
+    dtype: str | None = None,
+    push_to_hub: str | None = None,
+    overwrite: bool = False,
+    runs_root: str | Path = "runs",
+) -> str:
+    """What :func:`export` would do, as text (``sleepify export --dry-run``); nothing written."""
+    model_dir, run_dir = resolve_run(source, runs_root)
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
+    stages = [s.get("stage", "?") for s in _stage_recipes(model_dir, run_dir)]
+    found = _find_eval(model_dir, run_dir)
+    lines = [
+        f"export: {model_dir} -> {out}" + (" (replacing it)" if out.exists() and overwrite else ""),
+        f"  run: {run_dir or '(not a run folder)'}; recipe chain: {' -> '.join(stages) or 'none recorded'}",
+        f"  dtype: {dtype or 'the recipe export.dtype'}; eval results for the card: {found or 'none'}",
+    ]
+    if push_to_hub:
+        lines.append(f"  then push to the Hub: {push_to_hub}")
+    return "\n".join(lines)
+
+
 def read_provenance(recipe_file: Path) -> dict[str, Any]:
     """The ``# provenance`` comment header of a ``recipe.yaml`` (sleepify version, stage, created,
     sources, overrides) plus the recipe itself under ``"recipe"``."""

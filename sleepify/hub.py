@@ -26,6 +26,25 @@ def _short(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def _check(folder: Path, repo_id: str) -> None:
+    if not (folder / "config.json").is_file():
+        raise SleepifyError(f"{folder} is not a model folder (no config.json): run `sleepify export` first")
+    if not REPO_ID.match(repo_id):
+        raise SleepifyError(f"--repo must be ORG/NAME (a Hugging Face model repo id), got {repo_id!r}")
+
+
+def plan_push(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
+    """What :func:`push` would upload, as text (``sleepify push --dry-run``); the Hub is not contacted."""
+    folder = Path(folder)
+    _check(folder, repo_id)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    where = repo_id + (f"@{revision}" if revision else "") + (" (private)" if private else "")
+    return f"push: {len(files)} files ({size / 1e6:.1f} MB) from {folder} to {where}\n" + "\n".join(
+        f"  {p.relative_to(folder)}" for p in files
+    )
+
+
 def push(
     folder: str | Path,
     repo_id: str,
@@ -40,10 +59,7 @@ def push(
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise SleepifyError(f"{folder} is not a model folder (no config.json): run `sleepify export` first")
-    if not REPO_ID.match(repo_id):
-        raise SleepifyError(f"--repo must be ORG/NAME (a Hugging Face model repo id), got {repo_id!r}")
+    _check(folder, repo_id)
     token = token or os.environ.get("HF_TOKEN") or None
     api = HfApi(token=token)
     where = f"{repo_id}" + (f"@{revision}" if revision else "")

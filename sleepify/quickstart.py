@@ -1,6 +1,7 @@
 """``sleepify quickstart``: the whole pipeline on an embedded tiny default, on CPU, in minutes.
 
-It runs the same commands a user types (printed as it goes), so it is also their walkthrough:
+It calls the stages through the Python API (:mod:`sleepify.api`) and prints, before each, the command a
+user would type for it, so it is also their walkthrough:
 
     data rule110 -> convert -> warmup -> train --N 2 -> eval --N 1,2 -> export -> generate
 
@@ -67,14 +68,19 @@ def build_base_model(folder: Path, seed: int = 0) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _run(args: list[str]) -> None:
-    from sleepify.cli.main import cli
-
-    click.secho("\n$ sleepify " + " ".join(args), bold=True)
-    cli.main(args=args, prog_name="sleepify", standalone_mode=False)
+def _show(command: str) -> None:
+    """The command a user would type for the step that follows (quickstart is also the walkthrough)."""
+    click.secho("\n$ sleepify " + command, bold=True)
 
 
-def run_quickstart(plan: QuickstartPlan, overwrite: bool = False) -> dict:
+def run_quickstart(plan: QuickstartPlan, overwrite: bool = False, progress: bool = True) -> dict:
+    """Every stage called directly through the Python API (sleepify.api), printing the equivalent command."""
+    from sleepify import api
+    from sleepify.data import rule110
+    from sleepify.data.common import tokenizer_meta, write_dataset
+    from sleepify.data.tokenizer import build_char_tokenizer
+    from sleepify.evaluation import format_table
+
     out = plan.out
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -85,28 +91,33 @@ def run_quickstart(plan: QuickstartPlan, overwrite: bool = False) -> dict:
     base, data, run = out / "base-model", out / "data", out / "run"
     click.secho(f"building the embedded tiny base model in {base}", bold=True)
     build_base_model(base)
-    common = [
-        "-r",
-        RECIPE,
-        "--data",
-        str(data),
-        "--N",
-        str(plan.passes),
-        f"train.batch_size={plan.batch_size}",
-    ]
-    _run(["data", "rule110", "--out", str(data), "--n-train", str(plan.n_train), "--n-test", str(plan.n_test),
-          "--t", plan.t, "--quiet"])  # fmt: skip
-    _run(["convert", str(base), "--out", str(run / "convert"), "-r", RECIPE])
-    _run(["warmup", str(run / "convert"), *common, "--steps", str(plan.warmup_steps)])
-    _run(["train", str(run / "warmup" / "model"), *common, "--steps", str(plan.train_steps)])
-    _run(["eval", str(run / "train" / "model"), "--data", str(data), "--N", f"1,{plan.passes}", "--quiet"])
-    _run(["export", str(run / "train"), "--out", str(out / "export")])
+    counts = f"--n-train {plan.n_train} --n-test {plan.n_test} --t {plan.t}"
+    _show(f"data rule110 --out {data} {counts}")
+    tok = build_char_tokenizer()
+    splits, meta = rule110.generate(plan.n_train, plan.n_test, plan.t, 0, tokenizer=tok, progress=False)
+    write_dataset(splits, data, {**meta, "tokenizer": tokenizer_meta(tok, "char")}, tok)
+    _show(f"convert {base} --out {run / 'convert'} -r {RECIPE}")
+    api.convert(str(base), recipe=RECIPE, out=run / "convert")
+    common = dict(
+        recipe=RECIPE, N=plan.passes, overrides={"train.batch_size": plan.batch_size}, progress=progress
+    )
+    flags = f"-r {RECIPE} --data {data} --N {plan.passes} train.batch_size={plan.batch_size}"
+    _show(f"warmup {run / 'convert'} {flags} --steps {plan.warmup_steps}")
+    api.warmup(run / "convert", data, steps=plan.warmup_steps, **common)
+    _show(f"train {run / 'warmup' / 'model'} {flags} --steps {plan.train_steps}")
+    api.train(run / "warmup" / "model", data, steps=plan.train_steps, **common)
+    _show(f"eval {run / 'train' / 'model'} --data {data} --N 1,{plan.passes}")
+    report = api.evaluate(run / "train" / "model", data, N=[1, plan.passes], progress=False)
+    click.echo(format_table(report))
+    _show(f"export {run / 'train'} --out {out / 'export'}")
+    api.export(run / "train", out / "export")
     from datasets import load_from_disk
 
     row = load_from_disk(str(data))["test"][0]
     prompt = row["text"][: row["answer_starts"][0]]
-    _run(["generate", str(out / "export"), "--prompt", prompt, "--max-new-tokens", "4", "--greedy"])
-    report = json.loads((run / "train" / "eval" / "eval.json").read_text())
+    _show(f"generate {out / 'export'} --prompt {prompt} --max-new-tokens 4 --greedy")
+    result = api.generate(out / "export", prompt, max_new_tokens=4, greedy=True)
+    click.echo(f"{prompt}{(result.texts or [''])[0]}")
     summary = {
         "seconds": round(time.perf_counter() - start, 1),
         "base_model": str(base),

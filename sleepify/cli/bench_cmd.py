@@ -76,9 +76,9 @@ def bench(
         torch.set_num_threads(threads)
     source = None
     if model is not None:
-        from sleepify.cli.generate_cmd import _model_folder
+        from sleepify.api import model_folder
 
-        source = _model_folder(model)
+        source = model_folder(model)
     if device not in ("auto", "cpu") and device.startswith("cuda") and not torch.cuda.is_available():
         raise SleepifyError("--device cuda: no CUDA device is available")
     res = run_bench(

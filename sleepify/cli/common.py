@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from sleepify.cli.output import configure_logging, echo_info, progress_enabled  # noqa: F401  (re-exported)
 from sleepify.config import ResolvedRecipe, load_recipe
 
 
@@ -36,3 +37,27 @@ def echo_kv(rows: list[tuple[str, str]]) -> None:
     width = max((len(k) for k, _ in rows), default=0)
     for key, value in rows:
         click.echo(f"  {key.ljust(width)}  {value}")
+
+
+def verbosity_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``-q/--quiet`` and ``-v/--verbose`` on a command too (``sleepify train ... -q``), same as the global
+    ones (``sleepify -q train ...``)."""
+
+    def set_level(level: int) -> Callable[[click.Context, click.Parameter, bool], None]:
+        def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+            if value:
+                configure_logging(level)
+
+        return callback
+
+    func = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=set_level(1),
+                        help="Debug messages.")(func)  # fmt: skip
+    func = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_level(-1),
+                        help="Only warnings and errors; no progress bars.")(func)  # fmt: skip
+    return func
+
+
+def dry_run_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--dry-run", is_flag=True, help="Print the resolved recipe and the plan; write nothing."
+    )(func)

@@ -30,8 +30,35 @@ def data() -> None:
     """
 
 
+def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    from sleepify.cli.common import progress_enabled
+
+    return value or not progress_enabled()  # the global `sleepify -q` too
+
+
+def _dry_run(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    ctx.meta["sleepify.dry_run"] = value
+
+
+def stop_if_dry_run(task: str, params: dict) -> bool:
+    """``--dry-run``: print the task and its parameters; the caller then returns before generating."""
+    if not click.get_current_context().meta.get("sleepify.dry_run"):
+        return False
+    shown = {
+        k: v
+        for k, v in params.items()
+        if k not in ("quiet", "out") and not callable(v) and not hasattr(v, "__file__")  # not the imports
+    }
+    click.echo(f"data {task}: would write {params['out']} (nothing written)")
+    for key, value in shown.items():
+        click.echo(f"  {key}: {value}")
+    return True
+
+
 def _common(fn):
-    fn = click.option("--quiet", is_flag=True, help="No progress bar.")(fn)
+    fn = click.option("--dry-run", is_flag=True, expose_value=False, callback=_dry_run,
+                      help="Print the task and its parameters; write nothing.")(fn)  # fmt: skip
+    fn = click.option("-q", "--quiet", is_flag=True, callback=_quiet, help="No progress bar.")(fn)
     fn = click.option("--overwrite", is_flag=True, help="Replace an existing non-empty --out.")(fn)
     fn = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(fn)
     fn = click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")(fn)
@@ -74,6 +101,8 @@ def rule110_cmd(out, seed, overwrite, quiet, n_train, n_test, t_values, width) -
     from sleepify.data.tokenizer import build_char_tokenizer
 
     check_out(out, overwrite)
+    if stop_if_dry_run("rule110", locals()):
+        return
     tok = build_char_tokenizer()
     splits, meta = rule110.generate(
         n_train, n_test, t_values, seed, width=width, tokenizer=tok, progress=not quiet
@@ -105,6 +134,8 @@ def depo_cmd(
     from sleepify.data.tokenizer import build_char_tokenizer
 
     check_out(out, overwrite)
+    if stop_if_dry_run("depo", locals()):
+        return
     cfg = depo.DepoConfig(
         max_nodes=max_nodes,
         min_nodes=min_nodes,
@@ -150,6 +181,8 @@ def gsm_cmd(
     if from_hub and hub_offline():
         raise gsm_infinite.hub_unreachable(from_hub, "offline mode")
     check_out(out, overwrite)
+    if stop_if_dry_run("gsm-infinite", locals()):
+        return
     tok = load_tokenizer(tokenizer_name)
     if from_hub:
         hint = " — drop --from-hub: the built-in gsm-infinite generator works offline"
@@ -190,6 +223,8 @@ def prepare_cmd(
     from sleepify.data.tokenizer import load_tokenizer
 
     check_out(out, overwrite)
+    if stop_if_dry_run("prepare", locals()):
+        return
     tok = load_tokenizer(tokenizer_name)
     splits, meta = prepare(
         dataset, text_field=text_field, answer_field=answer_field, tokenizer=tok, bucket_field=bucket_field,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from sleepify.cli.common import dry_run_option, echo_info, progress_enabled, verbosity_options
+
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
@@ -38,7 +40,12 @@ def parse_passes(value: str | None) -> list[int]:
 
 @click.command("eval")
 @click.argument("args", nargs=-1, metavar="[RUN_OR_MODEL]... [KEY.SUB=VALUE]...")
-@click.option("--data", "data_path", help="Dataset folder written by `sleepify data` (default: data.path).")
+@click.option(
+    "--data",
+    "data_path",
+    help="A `sleepify data` folder, a saved dataset, a .jsonl/.json/.parquet/.csv file or a Hub dataset id "
+    "(default: data.path, the data the model was trained on; its held-out rows are scored).",
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <first run>/eval).")
 @click.option("--split", help="Held-out split to score (default: data.eval_split = test).")
 @click.option("--batch-size", type=int, help="Rows per forward (default: eval.batch_size = 16).")
@@ -56,7 +63,8 @@ def parse_passes(value: str | None) -> list[int]:
 )
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
 @click.option("--no-plot", is_flag=True, help="Do not write eval.png.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@dry_run_option
+@verbosity_options
 def eval_cmd(
     args: tuple[str, ...],
     data_path: str | None,
@@ -68,9 +76,10 @@ def eval_cmd(
     recipes: tuple[str, ...],
     device: str | None,
     no_plot: bool,
-    quiet: bool,
+    dry_run: bool,
 ) -> None:
-    """Exact-match accuracy and mean answer-token loss per difficulty bucket on the held-out split.
+    """Exact-match accuracy and mean answer-token loss per difficulty bucket on the held-out split (task,
+    prompt/answer and chat data), or loss and perplexity (plain text).
 
     RUN_OR_MODEL is a model folder, a stage run folder holding model/, or nothing for runs/latest; give
     several (e.g. runs trained with N = 1, 2, 4) to compare them in one table and plot. Each row is run
@@ -78,27 +87,31 @@ def eval_cmd(
     answers are predicted in one wake pass (teacher-forced greedy exact match). Writes eval.json, eval.md
     and eval.png.
     """
-    from sleepify.evaluation import EvalError, format_table, run_eval
+    import sleepify.api as api
+    from sleepify.evaluation import EvalError, format_table, plan_eval
 
     sources, overrides = split_args(args)
     if batch_size is not None and batch_size < 1:
         raise EvalError(f"--batch-size must be >= 1, got {batch_size}")
     if max_examples is not None and max_examples < 1:
         raise EvalError(f"--max-examples must be >= 1, got {max_examples}")
-    report, out_dir = run_eval(
-        sources or [None],
+    if dry_run:
+        click.echo(plan_eval(sources or [None], data_path, split=split, passes=parse_passes(passes),
+                             recipes=recipes, overrides=overrides))  # fmt: skip
+        return
+    report = api.evaluate(
+        sources or None,
         data_path,
         out=out,
         split=split,
         batch_size=batch_size,
         max_examples=max_examples,
-        passes=parse_passes(passes),
-        recipes=recipes,
-        overrides=overrides,
+        N=parse_passes(passes),
+        recipe=list(recipes),
+        overrides=list(overrides),
         device=device,
-        progress=not quiet,
+        progress=progress_enabled(),
         plot=not no_plot,
-        log=None if quiet else click.echo,
     )
-    click.echo(format_table(report))
-    click.echo(f"wrote {out_dir}")
+    click.echo(format_table(report))  # the result itself: shown under --quiet too
+    echo_info(f"wrote {report['out']}")

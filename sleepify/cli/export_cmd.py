@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from sleepify.cli.common import dry_run_option, verbosity_options
+
 
 @click.command("export")
 @click.argument("run", required=False, metavar="[RUN]")
@@ -18,6 +20,8 @@ import click
 @click.option(
     "--overwrite", is_flag=True, help="replace a non-empty --out folder (after the export completes)"
 )
+@dry_run_option
+@verbosity_options
 def export(
     run: str | None,
     out: str,
@@ -26,11 +30,17 @@ def export(
     push_to_hub: str | None,
     private: bool | None,
     overwrite: bool,
+    dry_run: bool,
 ) -> None:
     """Export RUN (a run folder, a stage's model folder; default: runs/latest) to --out."""
-    from sleepify.export import export as run_export
+    import sleepify.api as api
 
-    run_export(
+    if dry_run:
+        from sleepify.export import plan_export
+
+        click.echo(plan_export(run, out, dtype=dtype, push_to_hub=push_to_hub, overwrite=overwrite))
+        return
+    api.export(
         run,
         out,
         dtype=dtype,
@@ -38,5 +48,4 @@ def export(
         push_to_hub=push_to_hub,
         private=private,
         overwrite=overwrite,
-        log=click.echo,
     )

@@ -13,16 +13,7 @@ from pathlib import Path
 
 import click
 
-from sleepify.errors import SleepifyError
-
-
-def _model_folder(source: str | None) -> Path | str:
-    """A local model folder (a stage folder with ``model/``; None = runs/latest) or a Hub id ORG/NAME."""
-    from sleepify.evaluation import resolve_model_dir
-
-    if source and not Path(source).exists() and source.count("/") == 1 and not source.startswith((".", "/")):
-        return source  # a Hub repo id: transformers downloads it
-    return resolve_model_dir(source, Path("runs"))
+from sleepify.cli.common import dry_run_option, verbosity_options
 
 
 @click.command("generate")
@@ -61,6 +52,8 @@ def _model_folder(source: str | None) -> Path | str:
     is_flag=True,
     help="torch.compile the decode step's blocks (the first steps pay the compilation)",
 )
+@dry_run_option
+@verbosity_options
 def generate(
     model: str | None,
     prompts: tuple[str, ...],
@@ -79,6 +72,7 @@ def generate(
     dtype: str,
     no_stream: bool,
     compile_step: bool,
+    dry_run: bool,
 ) -> None:
     """Generate from a sleep-capable model folder (an export, a stage's model, or runs/latest)."""
     texts = list(prompts) + [Path(f).read_text() for f in prompt_files]
@@ -87,86 +81,41 @@ def generate(
     if batch_size < 1:
         raise click.UsageError("--batch-size must be >= 1")
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    import sleepify.api as api
 
-    import sleepify  # noqa: F401  (registers the model types)
-    from sleepify.generation import SleepDecoder
-    from sleepify.generation import generate as run_generate
-
-    folder = _model_folder(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:  # also: a Hub id that cannot be reached
-        raise SleepifyError(f"{folder} has no usable tokenizer ({str(err).splitlines()[0]})") from None
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch_dtype = {
-        "auto": "auto",
-        "float32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "float16": torch.float16,
-    }
-    net = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype[dtype]).eval()
-    if getattr(net.config, "model_type", None) != "sleep_hybrid":
-        raise SleepifyError(f"{folder} is not a sleep-capable model (model_type {net.config.model_type!r})")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    net.to(device)
-    try:
-        gen_cfg = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        gen_cfg = GenerationConfig()
-    do_sample = not greedy and (
-        temperature is not None or top_p is not None or top_k is not None or gen_cfg.do_sample
-    )
-    temperature = temperature if temperature is not None else (gen_cfg.temperature or 1.0)
-    top_p = top_p if top_p is not None else (gen_cfg.top_p or 1.0)
-    top_k = top_k if top_k is not None else (gen_cfg.top_k if gen_cfg.do_sample else None)
-    eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else tokenizer.eos_token_id
-
-    stream = not no_stream and len(texts) == 1
-    total_tokens, total_sleeps, start = 0, 0, time.perf_counter()
-    for first in range(0, len(texts), batch_size):
-        batch = texts[first : first + batch_size]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-
-        def on_token(row: int, token: int, piece: str | None) -> None:
-            if stream and piece:
-                click.echo(piece, nl=False)
-                sys.stdout.flush()
-
-        decoder = SleepDecoder(net, backend=backend, passes=passes, compile=compile_step)
-        res = run_generate(
-            net,
-            enc.input_ids,
-            enc.attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            eos_token_id=eos,
-            stop=stops,
-            tokenizer=tokenizer,
-            seed=seed,
-            on_token=on_token,
-            decoder=decoder,
+    folder = api.model_folder(model)
+    if dry_run:
+        click.echo(
+            f"generate: {folder}, {len(texts)} prompt(s) in batches of {batch_size}, up to "
+            f"{max_new_tokens} new tokens, {'greedy' if greedy else 'sampling'}, "
+            f"N={passes or 'the model config'}, device={device}"
         )
-        total_tokens += sum(len(t) for t in res.tokens)
-        total_sleeps += res.sleeps
-        if stream:
-            click.echo()
-        else:
-            for i, text in enumerate(res.texts or []):
-                click.echo(f"=== [{first + i}] ({res.finish[i]}) ===")
-                click.echo(text)
+        return
+    stream = not no_stream and len(texts) == 1
+
+    def on_token(row: int, token: int, piece: str | None) -> None:
+        if stream and piece:
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+
+    start = time.perf_counter()
+    res = api.generate(
+        folder, texts, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p,
+        top_k=top_k, seed=seed, stop=stops, batch_size=batch_size, N=passes, backend=backend, device=device,
+        dtype=dtype, compile=compile_step, on_token=on_token,
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
-    cfg = net.config
+    if stream:
+        click.echo()
+    else:
+        for i, text in enumerate(res.texts or []):
+            click.echo(f"=== [{i}] ({res.finish[i]}) ===")
+            click.echo(text)
+    total_tokens = sum(len(t) for t in res.tokens)
+    cfg = res.settings
     click.echo(
         f"[{total_tokens} tokens in {elapsed:.2f}s ({total_tokens / max(elapsed, 1e-9):.1f} tok/s), "
-        f"{total_sleeps} sleep(s); L={cfg.sleep_window}, N={passes or cfg.sleep_passes}, "
-        f"eviction={cfg.eviction}, device={device}]",
+        f"{res.sleeps} sleep(s); L={cfg['L']}, N={cfg['N']}, eviction={cfg['eviction']}, "
+        f"device={cfg['device']}]",
         err=True,
     )

@@ -50,8 +50,17 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sleepify")
-def cli() -> None:
-    """Turn pretrained language models into sleep-capable SSM-attention hybrids."""
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
+def cli(quiet: bool, verbose: bool) -> None:
+    """Turn pretrained language models into sleep-capable SSM-attention hybrids.
+
+    Shell completion: eval "$(_SLEEPIFY_COMPLETE=bash_source sleepify)" in ~/.bashrc (zsh_source,
+    fish_source for zsh and fish).
+    """
+    from sleepify.cli.output import configure_logging  # -q / -v: what the library's logging shows
+
+    configure_logging(-1 if quiet else 1 if verbose else 0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from sleepify.cli.common import dry_run_option, verbosity_options
+
 
 @click.command("push")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False), metavar="DIR")
@@ -12,8 +14,17 @@ import click
 @click.option("--private", is_flag=True, help="create the repo private")
 @click.option("--revision", help="branch to upload to (created if needed; default main)")
 @click.option("--message", help="commit message")
-def push(folder: str, repo: str, private: bool, revision: str | None, message: str | None) -> None:
+@dry_run_option
+@verbosity_options
+def push(
+    folder: str, repo: str, private: bool, revision: str | None, message: str | None, dry_run: bool
+) -> None:
     """Upload DIR (a `sleepify export` folder) to the Hub; the token is HF_TOKEN or the saved login."""
-    from sleepify.hub import push as run_push
+    import sleepify.api as api
 
-    run_push(folder, repo, private=private, revision=revision, commit_message=message, log=click.echo)
+    if dry_run:
+        from sleepify.hub import plan_push
+
+        click.echo(plan_push(folder, repo, private=private, revision=revision))
+        return
+    api.push(folder, repo, private=private, revision=revision, message=message)

@@ -74,9 +74,33 @@ class SleepSection(Section):
 
 
 class DataSection(Section):
-    """Training / evaluation data (a `datasets` folder written by `sleepify data`)."""
+    """Training / evaluation data: what ``--data`` takes and how its rows become tokens (docs/data.md)."""
 
-    path: str = Field("", description="dataset folder (save_to_disk) or Hub dataset name")
+    path: str = Field(
+        "",
+        description="a `sleepify data` folder, a saved dataset folder (Dataset or DatasetDict), a "
+        ".jsonl/.json/.parquet/.csv file, or a Hub dataset id",
+    )
+    format: Literal["auto", "tokens", "text", "prompt-answer", "chat"] = Field(
+        "auto",
+        description="auto (from the columns), tokens (input_ids + loss_mask, as written by `sleepify "
+        "data`), text (loss on every token), prompt-answer (loss on the answer), chat (messages through "
+        "the tokenizer's chat template, loss on assistant turns)",
+    )
+    text_field: str | None = Field(None, description="text format: the column (null = text)")
+    prompt_field: str | None = Field(None, description="prompt-answer: the prompt column (null = detected)")
+    answer_field: str | None = Field(None, description="prompt-answer: the answer column (null = detected)")
+    messages_field: str | None = Field(None, description="chat format: the column (null = messages)")
+    separator: str | None = Field(
+        None,
+        description="prompt-answer: text between prompt and answer (null = a space, or nothing when "
+        "either side already has whitespace there)",
+    )
+    config: str | None = Field(None, description="Hub dataset config name")
+    test_size: float = Field(
+        0.05, gt=0, description="held out when the data has no eval split: a fraction (< 1) or a row count"
+    )
+    max_tokens: int | None = Field(None, ge=2, description="text format: truncate longer rows to this many")
     train_split: str = Field("train")
     eval_split: str = Field("test")
     max_examples: int | None = Field(None, ge=1, description="use at most this many training examples")

@@ -138,8 +138,10 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    desc: str = "train",
 ) -> TrainResult:
-    """Train ``model`` in place. ``stop_after`` ends early after that many steps (tests simulate a kill)."""
+    """Train ``model`` in place. ``stop_after`` ends early after that many steps (tests simulate a kill);
+    ``desc`` names the progress bar (the stage: warmup or train)."""
     run_dir = Path(run_dir)
     rank, world = _world()
     is_main = rank == 0
@@ -189,7 +191,7 @@ def train(
     )
     log = MetricsLog(run_dir, train_cfg, enabled=is_main)
     bar = tqdm(
-        total=train_cfg.steps, initial=step, disable=not (progress and is_main), desc="train", unit="step"
+        total=train_cfg.steps, initial=step, disable=not (progress and is_main), desc=desc, unit="step"
     )
     losses: list[float] = []
     last_step = train_cfg.steps if stop_after is None else min(train_cfg.steps, step + stop_after)

@@ -1,0 +1,315 @@
+"""The warmup and train stages: sleep fine-tuning of a converted model (``sleepify.warmup`` /
+``sleepify.train`` and the commands of the same names).
+
+A stage reads the model folder of the previous stage (given, or the one ``runs/latest`` points at),
+stacks the recipe stored there under the caller's recipes and overrides, and trains with the loop in
+:mod:`sleepify.training.loop`. It writes ``<run>/<stage>/model`` (a loadable HF folder), checkpoints,
+metrics and the resolved recipe; ``runs/latest`` then points at the new model, so the stages chain.
+
+:func:`plan_stage` does everything that can fail cheaply and writes nothing (recipe, data source and
+format, run folder); :func:`run_stage` then tokenizes, loads the model and trains. ``--dry-run`` prints
+the plan and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sleepify.config import load_recipe
+from sleepify.config.loader import RESOLVED_RECIPE_FILE, ResolvedRecipe, read_provenance, sets_key
+from sleepify.data.sources import OpenedData, load_tokenizer_for, open_data
+from sleepify.errors import SleepifyError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("warmup", "train")
+CPU_FLOPS = 2e10  # rough sustained fp32 FLOP/s of a small CPU: only for the "this will be slow" notice
+SLOW_SECONDS = 600
+
+
+def warmup_trainable(model: Any) -> list[str]:
+    """What warm-up trains unless the recipe sets ``train.trainable``: the inserted Jet layers (whole
+    blocks) of a converted model; for a model without insertions (Jet-Nemotron, built-in models) its
+    SSM mixers (every JetBlock / GatedDeltaNet module)."""
+    from sleepify.layers.gated_deltanet import GatedDeltaNet
+    from sleepify.layers.jet_block import JetBlock
+
+    names = [n for n, _ in model.named_parameters()]
+    if any(n.startswith("jet_layers.") for n in names):
+        return ["jet_layers.*"]
+    mixers = [n for n, m in model.named_modules() if isinstance(m, (JetBlock, GatedDeltaNet))]
+    if not mixers:
+        raise SleepifyError("warmup: the model has no SSM layers to warm up; set train.trainable")
+    return [f"{n}.*" for n in mixers]
+
+
+@dataclass
+class StagePlan:
+    """What a warmup / train run will do, decided before anything is written or loaded."""
+
+    stage: str
+    model_dir: Path
+    run_dir: Path
+    resolved: ResolvedRecipe
+    data: OpenedData
+    header: dict[str, Any] = field(default_factory=dict)  # extra provenance stored with the recipe
+    resume: bool = False
+    restart: bool = False  # resume="auto" with no checkpoint: start fresh, discard the killed attempt's logs
+    data_reused: bool = False  # data.path came from the previous stage's recipe
+    runs_root: Path = Path("runs")
+
+    def describe(self) -> str:
+        """The plan in a few lines (printed by ``--dry-run``, logged before a run)."""
+        rec = self.resolved.recipe
+        train = rec.train
+        lines = [
+            f"{self.stage}: {self.model_dir} -> {self.run_dir / 'model'}",
+            f"  {self.data.describe()}"
+            + (" [reused from the previous stage's recipe]" if self.data_reused else ""),
+            f"  sleep: N={rec.sleep.passes}, L={rec.sleep.window}, eviction={rec.sleep.eviction}",
+            f"  train: {train.steps} steps x batch {train.batch_size}, trainable {', '.join(train.trainable)}"
+            + (
+                " (the SSM layers, chosen once the model loads)"
+                if self.stage == "warmup" and train.trainable == ["*"]
+                else ""
+            ),
+            f"  resume: {'from the latest checkpoint' if self.resume else 'no (fresh run)'}",
+        ]
+        return "\n".join(lines)
+
+
+def _stored_recipe(model_dir: Path) -> Path | None:
+    for folder in (model_dir, model_dir.parent):
+        if (folder / RESOLVED_RECIPE_FILE).is_file():
+            return folder / RESOLVED_RECIPE_FILE
+    return None
+
+
+def plan_stage(
+    stage: str,
+    model: str | Path | None = None,
+    *,
+    recipes: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    resume: bool | str = False,
+    runs_root: str | Path = "runs",
+) -> StagePlan:
+    """Resolve the recipe, open the data (format and splits) and choose the run folder; write nothing.
+
+    ``model``: a converted model folder, a stage run folder holding ``model/``, or None for
+    ``runs/latest``. ``resume``: False, True / "latest" (an error without a checkpoint) or "auto".
+    Every problem (recipe, data, an occupied run folder) raises a one-line :class:`SleepifyError`.
+    """
+    from sleepify.evaluation import resolve_model_dir
+
+    if stage not in STAGES:
+        raise SleepifyError(f"unknown stage '{stage}': {', '.join(STAGES)}")
+    runs_root = Path(runs_root)
+    model_dir = resolve_model_dir(model, runs_root)  # a converted model folder, a stage folder, runs/latest
+    stored = _stored_recipe(model_dir)
+    refs = ([str(stored)] if stored else []) + list(recipes)
+    overrides = list(overrides)
+    restore: list[str] = []
+    provenance = read_provenance(stored) if stored else {}
+    if provenance.get("stage") == "warmup" and stage != "warmup":
+        # what warm-up forced (hard eviction, Jet-only training) does not carry over to the next stage,
+        # unless the user's own recipes or overrides say so
+        for key, value in provenance.get("restore", {}).items():
+            if not sets_key(recipes, key) and not any(o.startswith(f"{key}=") for o in overrides):
+                restore.append(f"{key}={json.dumps(value)}")
+    header: dict[str, Any] = {}
+    forced: list[str] = []
+    if stage == "warmup":
+        before = load_recipe(refs, overrides).recipe
+        header["restore"] = {
+            "sleep.eviction": before.sleep.eviction,
+            "train.trainable": before.train.trainable,
+        }
+        forced.append("sleep.eviction=hard")  # warm-up always evicts hard (paper §6.4)
+    resolved = load_recipe(refs, [*restore, *overrides, *forced])
+    rec = resolved.recipe
+    data_reused = bool(
+        rec.data.path
+        and not sets_key(recipes, "data.path")
+        and not any(o.startswith("data.path=") for o in overrides)
+    )
+    opened = open_data(rec.data)  # a bad dataset stops here: before the model loads, nothing written
+    # runs/<name>/convert (a model folder) or runs/<name>/<stage>/model -> runs/<name>/<this stage>
+    name_dir = model_dir.parent.parent if model_dir.name == "model" else model_dir.parent
+    run_dir = Path(out) if out else name_dir / stage
+    restart = False
+    if resume == "auto":  # continue if a checkpoint exists, else start fresh (a relaunched preempted job)
+        from sleepify.training.checkpoint import latest_checkpoint
+
+        restart = latest_checkpoint(run_dir) is None
+    resume = bool(resume) and not restart
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 touches the run folder
+    if (
+        is_main
+        and run_dir.exists()
+        and any(run_dir.iterdir())
+        and not (resume or restart or rec.run.overwrite)
+    ):
+        raise SleepifyError(f"{run_dir} exists and is not empty: pass --resume, --overwrite or another --out")
+    return StagePlan(
+        stage=stage,
+        model_dir=model_dir,
+        run_dir=run_dir,
+        resolved=resolved,
+        data=opened,
+        header=header,
+        resume=resume,
+        restart=restart,
+        data_reused=data_reused,
+        runs_root=runs_root,
+    )
+
+
+def quiet_library_bars() -> None:
+    """No progress bars from transformers (loading / writing weights) and datasets either (--quiet)."""
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    datasets_logging.disable_progress_bar()
+
+
+def _check_vocab(rows: Any, model_dir: Path, what: str) -> None:
+    """Token ids beyond the model's vocabulary mean the data was tokenized for another model."""
+    import pyarrow.compute as pc
+
+    try:
+        vocab = int(json.loads((model_dir / "config.json").read_text()).get("vocab_size") or 0)
+    except (OSError, json.JSONDecodeError):
+        return
+    table = rows.with_format("arrow")[:]
+    top = pc.max(pc.list_flatten(table.column("input_ids"))).as_py()
+    if vocab and top is not None and top >= vocab:
+        raise SleepifyError(
+            f"{what} holds token ids up to {top} but the model in {model_dir} has a vocabulary of {vocab}: "
+            "the data was tokenized with another tokenizer"
+        )
+
+
+def _slow_on_cpu_notice(model: Any, rows: Any, plan: StagePlan) -> str | None:
+    """A notice when the recipe's settings will take long on this CPU (a rough FLOP count)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    rec = plan.resolved.recipe
+    sample = rows.select(range(min(64, rows.num_rows))).with_format(None)["input_ids"]
+    tokens = sum(len(r) for r in sample) / max(len(sample), 1)
+    params = sum(p.numel() for p in model.parameters())
+    flops = 6 * params * tokens * rec.train.batch_size * rec.train.steps * max(1, rec.sleep.passes)
+    seconds = flops / (CPU_FLOPS * max(1, torch.get_num_threads()) / 2)
+    if seconds < SLOW_SECONDS:
+        return None
+    return (
+        f"note: {plan.stage} runs on CPU and these settings ({params / 1e6:.1f}M parameters, "
+        f"{rec.train.steps} steps x batch {rec.train.batch_size} x ~{tokens:.0f} tokens, "
+        f"N={rec.sleep.passes}) "
+        f"will take roughly {seconds / 60:.0f} min or more; for a CPU run pick a CPU-sized recipe "
+        "(-r repro/rule110-cpu, -r scratch/gdn-hybrid-4-tiny) or lower --steps / train.batch_size"
+    )
+
+
+def run_stage(plan: StagePlan, *, progress: bool = True) -> Path:
+    """Tokenize the data, load the model, train, write ``<run>/model``; returns that folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import sleepify  # noqa: F401  (registers the model types)
+    from sleepify.convert import LATEST_POINTER
+    from sleepify.training.loop import init_distributed, train
+    from sleepify.training.parallel import full_model_state
+
+    rec = plan.resolved.recipe
+    stage, run_dir, model_dir = plan.stage, plan.run_dir, plan.model_dir
+    if not progress:
+        quiet_library_bars()
+    if plan.data_reused:
+        log.info("data: %s (from the previous stage's recipe; pass --data to change it)", rec.data.path)
+    log.info(plan.data.describe())
+    tokenizer = load_tokenizer_for(model_dir, plan.data)
+    rows = plan.data.rows("train", tokenizer, progress=progress)
+    if rec.data.max_examples:
+        rows = rows.select(range(min(rec.data.max_examples, len(rows))))
+    _check_vocab(rows, model_dir, f"--data {rec.data.path}")
+    rows = rows.with_format(None)
+
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 touches the run folder
+    if is_main and plan.restart and run_dir.is_dir():
+        # what a killed attempt logged before its first checkpoint is discarded with it
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    if is_main and rec.run.overwrite and run_dir.exists() and not plan.resume:
+        shutil.rmtree(run_dir)
+    distributed = init_distributed()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[rec.model.dtype]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if stage == "warmup" and rec.train.trainable == ["*"]:  # the recipe did not choose: SSM layers only
+        rec.train.trainable = warmup_trainable(model)
+    cfg = model.config
+    cfg.sleep_window, cfg.sleep_passes, cfg.eviction = rec.sleep.window, rec.sleep.passes, rec.sleep.eviction
+    if torch.cuda.is_available():
+        model.cuda()
+    notice = _slow_on_cpu_notice(model, rows, plan) if is_main else None
+    if notice:
+        log.warning(notice)
+    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    if is_main:
+        plan.resolved.save(run_dir, stage=stage, extra=plan.header)
+
+    def loss_fn(m, batch):  # noqa: ANN001, ANN202
+        return m(
+            **batch,
+            logits="none",  # the loss is computed window by window; no B x T x V logits are kept
+            checkpoint_windows=rec.sleep.checkpoint_windows,
+            truncate_passes=rec.sleep.truncate_passes,
+            truncate_windows=rec.sleep.truncate_windows,
+        ).loss
+
+    train(
+        model, rows, rec.train, run_dir, pad_id=pad_id, loss_fn=loss_fn, resume=plan.resume,
+        progress=progress, desc=stage,
+    )  # fmt: skip
+    weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
+    final = run_dir / "model"
+    if is_main:
+        model.save_pretrained(final, state_dict=weights)
+        # a model folder may have no tokenizer (built-in char models keep theirs with the data)
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            (tokenizer or AutoTokenizer.from_pretrained(model_dir)).save_pretrained(final)
+        plan.resolved.save(final, stage=stage, extra=plan.header)
+        plan.runs_root.mkdir(parents=True, exist_ok=True)
+        (plan.runs_root / LATEST_POINTER).write_text(str(final.resolve()) + "\n")
+    if distributed:
+        # every rank leaves together and closes the process group: a rank exiting with it open while
+        # rank 0 still writes can abort in gloo's teardown ("terminate called without an active exception")
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return final
+
+
+def launch_torchrun(nproc: int, args: list[str]) -> None:
+    """``sleepify STAGE --nproc K ...`` = ``torchrun --nproc-per-node K -m sleepify STAGE ...``."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    log.info("launching: torchrun %s", " ".join(cmd[3:] + ["-m", "sleepify", *args]))
+    result = subprocess.run([*cmd, "-m", "sleepify", *args], check=False)
+    if result.returncode:
+        raise SleepifyError(f"torchrun exited with code {result.returncode} (see the ranks' output above)")
