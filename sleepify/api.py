@@ -288,7 +288,7 @@ def generate(
         result = sleepify.generate("exported", "0110=", max_new_tokens=4, greedy=True)
         print(result.texts[0])
     """
-    from sleepify.generation import generate_text
+    from sleepify.generation_stage import generate_text
 
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     return generate_text(

@@ -1,0 +1,109 @@
+"""The generate stage: a model folder (or Hub id) and text prompts (``sleepify generate``,
+``sleepify.generate``). The model-level streaming generation it drives is :mod:`sleepify.generation`
+(shipped with exported models as remote code; this module is not)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from sleepify.errors import SleepifyError
+from sleepify.generation import GenerationResult, SleepDecoder, generate
+
+__all__ = ["generate_text", "load_for_generation"]
+
+
+def load_for_generation(
+    folder: str | Any, *, device: str = "auto", dtype: str = "auto"
+) -> tuple[Any, Any, Any, str]:
+    """``(model, tokenizer, generation config, device)`` of a sleep-capable model folder or Hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    import sleepify  # noqa: F401  (registers the model types)
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:  # also: a Hub id that cannot be reached
+        raise SleepifyError(f"{folder} has no usable tokenizer ({str(err).splitlines()[0]})") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtypes = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtypes[dtype]).eval()
+    if getattr(net.config, "model_type", None) != "sleep_hybrid":
+        raise SleepifyError(f"{folder} is not a sleep-capable model (model_type {net.config.model_type!r})")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    net.to(device)
+    try:
+        gen_cfg = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        gen_cfg = GenerationConfig()
+    return net, tokenizer, gen_cfg, device
+
+
+def generate_text(
+    folder: str | Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 128,
+    greedy: bool = False,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int = 0,
+    stop: Sequence[str] = (),
+    batch_size: int = 8,
+    passes: int | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    compile: bool = False,
+    on_token: Callable[[int, int, str | None], None] | None = None,
+) -> GenerationResult:
+    """Generate from the model in ``folder`` for every prompt (batches of ``batch_size``); sampling settings
+    default to the folder's generation config. ``on_token(row, token, piece)`` streams (row = prompt index).
+    Returns one :class:`GenerationResult` over all prompts.
+
+    Example::
+
+        res = generate_text("exported", ["0110=", "1010="], max_new_tokens=4, greedy=True)
+        print(res.texts)
+    """
+    if not prompts:
+        raise SleepifyError("give a prompt")
+    if batch_size < 1:
+        raise SleepifyError("batch_size must be >= 1")
+    net, tokenizer, gen_cfg, device = load_for_generation(folder, device=device, dtype=dtype)
+    do_sample = not greedy and (
+        temperature is not None or top_p is not None or top_k is not None or bool(gen_cfg.do_sample)
+    )
+    temperature = temperature if temperature is not None else (gen_cfg.temperature or 1.0)
+    top_p = top_p if top_p is not None else (gen_cfg.top_p or 1.0)
+    top_k = top_k if top_k is not None else (gen_cfg.top_k if gen_cfg.do_sample else None)
+    eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else tokenizer.eos_token_id
+    total = GenerationResult(tokens=[], texts=[], finish=[])
+    for first in range(0, len(prompts), batch_size):
+        batch = list(prompts[first : first + batch_size])
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        decoder = SleepDecoder(net, backend=backend, passes=passes, compile=compile)
+        res = generate(
+            net, enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos, stop=stop,
+            tokenizer=tokenizer, seed=seed, decoder=decoder,
+            on_token=None if on_token is None else (lambda r, t, p, o=first: on_token(o + r, t, p)),
+        )  # fmt: skip
+        total.tokens += res.tokens
+        total.texts = (total.texts or []) + (res.texts or [])
+        total.finish += res.finish
+        total.sleeps += res.sleeps
+        total.prompt_tokens += res.prompt_tokens
+    total.settings = {
+        "L": int(net.config.sleep_window),
+        "N": int(passes or net.config.sleep_passes),
+        "eviction": str(net.config.eviction),
+        "device": str(device),
+    }
+    return total
