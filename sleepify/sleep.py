@@ -327,6 +327,9 @@ class SleepOutput:
     window_passes: list[int] = field(default_factory=list)  # passes of the looped blocks run per window
     num_loss_tokens: int = 0
     loss_sum: Tensor | None = None  # summed CE (for gradient accumulation across micro-batches)
+    # with output_hidden_states: the embeddings, then every block's output (plan order; looped blocks in
+    # their last wake pass), the last after the final norm; each [B, T, H] (the wake forward, as streamed)
+    hidden_states: tuple[Tensor, ...] | None = None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -379,8 +382,13 @@ def _window_core(
     kv_in: dict[tuple[int, int], KV],
     want_sleep_h: bool,
     pass_counter: list[int],
+    embeds: Tensor | None = None,
+    trace: dict[Any, Tensor] | None = None,
 ) -> tuple[Tensor | None, Tensor | None, dict[int, MixerState], dict[tuple[int, int], KV]]:
-    """Run one window. Returns ``(h_wake, h_sleep, mixer states, recorded K/V)``: the final hidden states
+    """Run one window (``embeds``: input embeddings instead of ``stack.embed(input_ids)``). With ``trace``
+    (a dict to fill), the wake forward's hidden states: ``trace["embed"]`` and ``trace[i]``, the output of
+    block ``i`` (looped blocks: in the last wake pass). Returns ``(h_wake, h_sleep, mixer states, recorded
+    K/V)``: the final hidden states
     (before the final norm) of the wake branch (None for mode "sleep") and of the sleep branch (only when
     ``want_sleep_h`` or mode "sleep" with it requested), the mixer states after the window and, when
     ``ctx.record_kv``, the full K/V (kept keys + this window) of every attention block and slot."""
@@ -391,7 +399,9 @@ def _window_core(
     mixers = dict(mixers_in)
     kv_out: dict[tuple[int, int], KV] = {}
 
-    def run(i: int, h: Tensor, slot: int, mixer_states: dict[int, MixerState], kv_store: dict) -> Tensor:
+    def run(
+        i: int, h: Tensor, slot: int, mixer_states: dict[int, MixerState], kv_store: dict, rec: bool = False
+    ) -> Tensor:
         block = blocks[i]
         if block.stateful:
             h, mixer_states[i] = block(h, ctx, mixer_states.get(i))
@@ -399,11 +409,15 @@ def _window_core(
             h, full = block(h, ctx, kv_in.get((i, slot)))
             if ctx.record_kv:
                 kv_store[(i, slot)] = full
+        if rec and trace is not None:
+            trace[i] = h
         return h
 
-    h = stack.embed(input_ids)
+    h = stack.embed(input_ids) if embeds is None else embeds
+    if trace is not None:
+        trace["embed"] = h
     for i in range(start):  # prelude: once
-        h = run(i, h, 0, mixers, kv_out)
+        h = run(i, h, 0, mixers, kv_out, rec=True)
 
     wake_h = None
     wake_mixers: dict[int, MixerState] = {}
@@ -418,7 +432,7 @@ def _window_core(
             kv_out = {key: _detach(val) if start <= key[0] < end else val for key, val in kv_out.items()}
         slot = n % wp
         for i in range(start, end):
-            h = run(i, h, slot, mixers, kv_out)
+            h = run(i, h, slot, mixers, kv_out, rec=n == wp - 1)
         h = stack.pass_hook(h)
         pass_counter[0] += 1
         if mode == "mixed" and n == wp - 1:
@@ -428,7 +442,7 @@ def _window_core(
 
     if mode != "mixed":
         for i in range(end, len(blocks)):  # coda: once
-            h = run(i, h, 0, mixers, kv_out)
+            h = run(i, h, 0, mixers, kv_out, rec=mode == "wake")
         if mode == "wake":
             return h, None, mixers, kv_out
         return None, (h if want_sleep_h else None), mixers, kv_out
@@ -436,7 +450,7 @@ def _window_core(
     # mixed: the coda runs on each branch, then every state is chosen per row
     assert sleep_rows is not None and wake_h is not None
     for i in range(end, len(blocks)):
-        wake_h = run(i, wake_h, 0, wake_mixers, wake_kv)
+        wake_h = run(i, wake_h, 0, wake_mixers, wake_kv, rec=True)
         h = run(i, h, 0, mixers, kv_out)
     out_mixers = {
         i: _select(sleep_rows, mixers.get(i), wake_mixers.get(i)) for i in mixers.keys() | wake_mixers
@@ -497,8 +511,14 @@ def run_window(
     sleep_rows: Tensor | None,
     want_sleep_h: bool = False,
     mode: str | None = None,
+    embeds: Tensor | None = None,
+    hidden: list[Tensor] | None = None,
 ) -> tuple[Tensor | None, Tensor | None, SleepState, int]:
     """Run ONE window of at most L tokens from ``state``.
+
+    ``embeds`` ``[B, T, H]``: input embeddings to use instead of embedding ``input_ids`` (which then only
+    give the shape). ``hidden`` (a list to fill, needs a wake branch): the wake forward's hidden states,
+    the embeddings then every block's output in run order, the last one after the final norm.
 
     ``sleep_rows`` ``[B]`` bool says which rows consolidate (None = every row is awake). ``mode`` forces
     "mixed" for any rows (see :func:`lockstep`); None = from ``sleep_rows``.
@@ -539,17 +559,25 @@ def run_window(
     counter = [0]
     kv_in = state.kv if sliding else {}
 
+    if hidden is not None and mode == "sleep":
+        raise ValueError("run_window: hidden states need a wake branch (mode 'wake' or 'mixed')")
+
     def core(mixers_in: dict, kv_prev: dict) -> tuple:
-        return _window_core(
-            stack, settings, mode, sleep_rows, input_ids, ctx, mixers_in, kv_prev, want_sleep_h, counter
-        )
+        trace: dict[Any, Tensor] | None = {} if hidden is not None else None
+        out = _window_core(
+            stack, settings, mode, sleep_rows, input_ids, ctx, mixers_in, kv_prev, want_sleep_h, counter,
+            embeds=embeds, trace=trace,
+        )  # fmt: skip
+        # returned (not kept aside) so that a checkpointed window's trace is part of its autograd graph
+        traced = () if trace is None else (trace["embed"], *(trace[i] for i in range(len(stack.blocks))))
+        return (*out, traced)
 
     if settings.checkpoint_windows and torch.is_grad_enabled():
-        h_wake, h_sleep, mixers, kv_full = checkpoint(
+        h_wake, h_sleep, mixers, kv_full, traced = checkpoint(
             core, state.mixers, kv_in, use_reentrant=False, preserve_rng_state=True
         )
     else:
-        h_wake, h_sleep, mixers, kv_full = core(state.mixers, kv_in)
+        h_wake, h_sleep, mixers, kv_full, traced = core(state.mixers, kv_in)
     passes = counter[0]  # read now: a checkpointed window's recomputation (in backward) counts again
 
     new_state = SleepState(mixers=mixers, offset=state.offset + T, seen=seen + real.long().sum(1))
@@ -562,6 +590,8 @@ def run_window(
         new_state.kv_valid = k_valid[:, -keep:] if keep else None
     h_wake = None if h_wake is None else stack.final_norm(h_wake)
     h_sleep = None if h_sleep is None else stack.final_norm(h_sleep)
+    if hidden is not None:
+        hidden.extend([*traced[:-1], h_wake])  # as in transformers: the last entry after the final norm
     return h_wake, h_sleep, new_state, passes
 
 
@@ -749,7 +779,7 @@ def close_window(stack: SleepStack, settings: SleepSettings, window: OpenWindow)
 def sleep_forward(
     stack: SleepStack,
     settings: SleepSettings,
-    input_ids: Tensor,
+    input_ids: Tensor | None,
     attention_mask: Tensor | None = None,
     labels: Tensor | None = None,
     state: SleepState | None = None,
@@ -757,6 +787,8 @@ def sleep_forward(
     sleep_windows: Sequence[bool] | None = None,
     on_window: Callable[[int, str, int], None] | None = None,
     logits_to_keep: int = 0,
+    inputs_embeds: Tensor | None = None,
+    output_hidden_states: bool = False,
 ) -> SleepOutput:
     """Run ``input_ids [B, T]`` window by window (module docstring, rules 1-6).
 
@@ -774,7 +806,14 @@ def sleep_forward(
         on_window: called as ``on_window(window_index, kind, passes)`` after every window.
         logits_to_keep: return the logits of the last ``k`` columns only (``[B, k, V]``; 0 = all). The
             loss still covers every window; memory for logits is then ``B * k * V`` instead of ``B * T * V``.
+        inputs_embeds: ``[B, T, H]`` input embeddings used instead of embedding ``input_ids`` (which may
+            then be None; labels still give the targets).
+        output_hidden_states: also return the wake forward's hidden states (``SleepOutput.hidden_states``).
     """
+    if input_ids is None:
+        if inputs_embeds is None:
+            raise ValueError("sleep_forward needs input_ids or inputs_embeds")
+        input_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
     if logits not in LOGITS_MODES:
         raise ValueError(f"logits must be one of {LOGITS_MODES}, got {logits!r}")
     if logits_to_keep < 0:
@@ -821,6 +860,7 @@ def sleep_forward(
     kinds: list[str] = []
     passes_run: list[int] = []
     logit_chunks: list[Tensor | None] = []
+    hidden_chunks: list[list[Tensor]] = []
     for w, s in enumerate(starts):
         ids_w = input_ids[:, s : s + L]
         mask_w = None if mask is None else mask[:, s : s + L]
@@ -832,14 +872,19 @@ def sleep_forward(
         has_loss = has_loss_w[w]
         need_logits = logits != "none" and s + ids_w.shape[1] > first_kept
         mode = forced[w]
-        if logits == "stream" and need_logits and mode is None and bool(sleep_rows.any()):
+        wants_wake = (logits == "stream" and need_logits) or output_hidden_states
+        if wants_wake and mode is None and bool(sleep_rows.any()):
             mode = "mixed"  # the wake branch gives every row its streaming prediction; sleep rows still sleep
         grad_ctx = torch.no_grad() if (w < cut and not any_loss_w[w]) else nullcontext()
+        hidden_w: list[Tensor] | None = [] if output_hidden_states else None
         with grad_ctx:
             want_sleep_h = logits == "all" or agree is not None
             h_wake, h_sleep, state, n_passes = run_window(
-                stack, settings, ids_w, mask_w, state, sleep_rows, want_sleep_h=want_sleep_h, mode=mode
-            )
+                stack, settings, ids_w, mask_w, state, sleep_rows, want_sleep_h=want_sleep_h, mode=mode,
+                embeds=None if inputs_embeds is None else inputs_embeds[:, s : s + L], hidden=hidden_w,
+            )  # fmt: skip
+        if hidden_w is not None:
+            hidden_chunks.append(hidden_w)
         if agree is not None and torch.is_grad_enabled():
             for h in (h_wake, h_sleep):
                 if h is not None and h.requires_grad:
@@ -891,6 +936,9 @@ def sleep_forward(
     if structural is not None:
         loss_sum = structural if loss_sum is None else loss_sum + structural
     loss = None if loss_sum is None or (count == 0 and structural is None) else loss_sum / max(count, 1)
+    hidden_states = None
+    if output_hidden_states:
+        hidden_states = tuple(torch.cat(parts, dim=1) for parts in zip(*hidden_chunks, strict=True))
     return SleepOutput(
         loss=loss,
         logits=out_logits,
@@ -899,6 +947,7 @@ def sleep_forward(
         window_passes=passes_run,
         num_loss_tokens=count,
         loss_sum=loss_sum,
+        hidden_states=hidden_states,
     )
 
 

@@ -99,7 +99,7 @@ class SleepHybridPreTrainedModel(PreTrainedModel):
     config: SleepHybridConfig
     config_class = SleepHybridConfig
     base_model_prefix = "sleep_hybrid"  # never a key prefix: no prefix magic when loading
-    supports_gradient_checkpointing = False  # use the engine's per-window checkpointing instead
+    supports_gradient_checkpointing = True  # as the engine's per-window checkpointing (see below)
     _supports_sdpa = True
     # transformers' flash_attention_2 path cannot take the engine's windows (kept keys, sliding eviction);
     # flash-attn is used through the "sleepify" attention instead (docs/gpu.md)
@@ -176,6 +176,53 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.base.get_output_embeddings()
 
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.base.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """transformers' resize (of the base model's embeddings and head), then the mirrored sizes."""
+        embeddings = self.base.resize_token_embeddings(*args, **kwargs)
+        self.config.vocab_size = self.base.config.vocab_size
+        self.config.base_config["vocab_size"] = self.base.config.vocab_size
+        return embeddings
+
+    # ---------------------------------------------------------------- gradient checkpointing (HF API)
+    # The sleep engine checkpoints whole windows (every pass of the looped blocks is recomputed in the
+    # backward pass); that is what these switch on, e.g. from the HF Trainer. transformers 5.24 renamed
+    # gradient_* to activation_* (the old names still route here); both sets are defined, so either works
+    # on every supported version without a deprecation warning.
+    _checkpoint_windows = False
+
+    def activation_checkpointing_enable(self, *args: Any, **kwargs: Any) -> None:
+        self._checkpoint_windows = True
+
+    def activation_checkpointing_disable(self) -> None:
+        self._checkpoint_windows = False
+
+    gradient_checkpointing_enable = activation_checkpointing_enable
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self._checkpoint_windows
+
+    is_gradient_checkpointing = is_activation_checkpointing
+
+    # ---------------------------------------------------------------- PEFT
+    def attention_lora_targets(self, include_jet: bool = False) -> list[str]:
+        """Full names of the softmax-attention projections (``q/k/v/o_proj``), for
+        ``peft.LoraConfig(target_modules=...)``: a bare ``["q_proj", "v_proj"]`` also matches the Jet
+        layers' projections (the inserted ones and a Jet-Nemotron base's). ``include_jet`` adds those."""
+        modules = dict(self.named_modules())
+        names = []
+        for name, module in modules.items():
+            parent, _, leaf = name.rpartition(".")
+            if not isinstance(module, nn.Linear) or leaf not in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                continue
+            if include_jet or not isinstance(modules.get(parent), JetBlock):
+                names.append(name)
+        return names
+
     # ---------------------------------------------------------------- the block view
     def block_table(self) -> list[dict[str, Any]]:
         """One row per block in run order: index, kind, has_mlp, inserted, looped."""
@@ -247,8 +294,11 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         cache: Any = None,
         logits_to_keep: int = 0,
+        inputs_embeds: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs: Any,
-    ) -> SleepHybridOutput:
+    ) -> SleepHybridOutput | tuple:
         """Run the sleep engine over ``input_ids [B, T]``.
 
         Args:
@@ -270,15 +320,35 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
                 (only the last column's with ``logits_to_keep=1``).
             logits_to_keep: return the logits of the last ``k`` columns only (0 = all), as in transformers;
                 the loss still covers the whole sequence.
+            inputs_embeds: ``[B, T, H]`` embeddings instead of ``input_ids`` (not with ``cache``).
+            output_hidden_states: the embeddings, then every block's output in plan order (looped blocks:
+                their last wake pass), the last after the final norm; each ``[B, T, H]``, as streamed.
+            output_attentions: not supported (attention runs per window through the window attention op;
+                the weights are never materialised): True raises.
+            return_dict: False returns ``to_tuple()`` of the output, as in transformers.
         """
-        if input_ids is None:
-            raise ValueError("SleepHybridForCausalLM needs input_ids")
-        if kwargs.get("inputs_embeds") is not None:
-            raise ValueError("SleepHybridForCausalLM does not take inputs_embeds")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("SleepHybridForCausalLM takes exactly one of input_ids and inputs_embeds")
+        if output_attentions if output_attentions is not None else self.config.output_attentions:
+            raise ValueError(
+                "output_attentions is not supported by the sleep-capable model: attention runs window by "
+                "window through the window attention op and its weights are never materialised"
+            )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if return_dict is None:
+            return_dict = self.config.use_return_dict
         if cache is not None:
-            return self._forward_cached(input_ids, attention_mask, cache, logits_to_keep)
+            if inputs_embeds is not None:
+                raise ValueError("decoding through a SleepCache takes input_ids, not inputs_embeds")
+            out = self._forward_cached(input_ids, attention_mask, cache, logits_to_keep)
+            return out if return_dict else out.to_tuple()
         if labels is None and loss_mask is not None:
+            if input_ids is None:
+                raise ValueError("loss_mask reads its targets from input_ids; pass labels with inputs_embeds")
             labels = input_ids.masked_fill(loss_mask.to(input_ids.device) == 0, -100)
+        if checkpoint_windows is None and self.training and self._checkpoint_windows:
+            checkpoint_windows = True  # gradient_checkpointing_enable()
         settings = self.sleep_settings(
             passes=sleep_passes,
             window=sleep_window,
@@ -298,8 +368,10 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
             logits=logits,
             sleep_windows=sleep_windows,
             logits_to_keep=_keep_count(logits_to_keep),
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=bool(output_hidden_states),
         )
-        return SleepHybridOutput(
+        result = SleepHybridOutput(
             loss=out.loss,
             logits=out.logits,
             sleep_state=out.state,
@@ -307,7 +379,9 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
             window_passes=out.window_passes,
             num_loss_tokens=out.num_loss_tokens,
             loss_sum=out.loss_sum,
+            hidden_states=out.hidden_states,
         )
+        return result if return_dict else result.to_tuple()
 
     def _forward_cached(
         self, input_ids: Tensor, attention_mask: Tensor | None, cache: Any, logits_to_keep: int
