@@ -36,6 +36,7 @@ import os
 import shutil
 import struct
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,26 @@ def _short(items: list[str], n: int = 12) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
+@contextmanager
+def params_on_meta() -> Iterator[None]:
+    """Build modules with every parameter on the meta device (no memory, no init: the weights are streamed
+    in afterwards) but real buffers: non-persistent buffers computed at construction (RoPE tables, Gemma's
+    embedding scale) are in no checkpoint. A parameter is moved to meta as it is registered, before any
+    init touches it (what accelerate's ``init_empty_weights(include_buffers=False)`` does)."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
 def _materialise_rest(model: nn.Module, dtype: torch.dtype) -> None:
     """After loading: initialise the inserted Jet layers, rebuild modules whose (non-persistent) buffers are
     still on the meta device (RoPE tables) from their config."""
@@ -504,9 +525,13 @@ def convert(
         raise ModelLoadError(
             f"cannot read {src.folder / 'config.json'}: {str(err).splitlines()[0]}"
         ) from None
-    files = (
-        [] if dry_run and src.hub_id else safetensors_files(src.folder)
-    )  # fail early on pickle-only folders
+    from sleepify.models.hybrid.families import family_for
+
+    family_for(
+        base_config.model_type, base_config
+    )  # an unsupported architecture: one line, before the weights
+    # fail early on pickle-only folders (a dry run from the Hub downloaded no weights)
+    files = [] if dry_run and src.hub_id else safetensors_files(src.folder)
     weights = f"{len(files)} safetensors file(s)" if files else "weights not read"
     described = f"{src.hub_id or src.folder} ({base_config.model_type}, {weights})"
     built = _plan_and_build(base_config, resolved, dry_run)
@@ -542,7 +567,7 @@ def _plan_and_build(base_config: Any, resolved: Any, dry_run: bool) -> tuple[nn.
     plan = plan_conversion(base_config, rec)
     config = plan.hybrid_config()
     config._attn_implementation = rec.model.attn_implementation
-    with torch.device("meta"):
+    with params_on_meta():
         model = SleepHybridForCausalLM(config)
     as_run = ResolvedRecipe(
         validate(deep_merge(resolved.to_dict(), plan.recipe_updates()), "planned recipe"),

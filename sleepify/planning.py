@@ -228,8 +228,12 @@ def _attention_shape(config: Any) -> tuple[int, int]:
     return max(heads, 1), int(head_dim)
 
 
-def _every(n: int, stride: int) -> list[int]:
-    return list(range(stride - 1, n, stride)) or [(n - 1) // 2]
+def _every(n: int, stride: int, loop: tuple[int, int]) -> list[int]:
+    """After every ``stride``-th of ``n`` base blocks; one mid-loop instead when none of those would be
+    among the looped base blocks ``loop`` (a loop without a Jet layer would have no state to refine)."""
+    lo, hi = loop
+    positions = list(range(stride - 1, n, stride))
+    return positions if any(lo <= p < hi for p in positions) else [(lo + hi - 1) // 2]
 
 
 def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
@@ -250,6 +254,9 @@ def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
     n = len(infos)
     conv = recipe.conversion
     sources: dict[str, str] = {}
+    # the looped base blocks of the default loop rule (None: the recipe sets the loop)
+    looped = family.pretrained_looped(base_config)
+    rule_loop = None if conv.loop is not None else ((0, n) if looped else (n // 4, n - n // 4))
 
     # -- Jet layer candidates (positions), most preferred first
     if conv.jet_layers is not None:
@@ -267,7 +274,7 @@ def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
     else:
         layer_options, stride = [], JET_EVERY
         while True:
-            option = _every(n, stride)
+            option = _every(n, stride, rule_loop or (0, n))
             if option not in layer_options:
                 layer_options.append(option)
             if stride >= n:
@@ -315,9 +322,14 @@ def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
 
     if "conversion.jet_layers" not in sources:
         stride = JET_EVERY
-        while _every(n, stride) != jet_layers:
+        while _every(n, stride, rule_loop or (0, n)) != jet_layers:
             stride *= 2
-        rule = f"default: one after every {stride}th base block" if stride < n else "default: one, mid-stack"
+        every = list(range(stride - 1, n, stride))
+        rule = (
+            f"default: one after every {stride}th base block"
+            if every == jet_layers
+            else "default: one, mid-loop"
+        )
         if stride > JET_EVERY:
             rule += " (every 4th would exceed the budget)" if within else " (the fewest; still over budget)"
         sources["conversion.jet_layers"] = rule
@@ -342,13 +354,13 @@ def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
                 f"conversion.loop [{loop_start}, {end}) is outside the converted model's {blocks} blocks "
                 f"({n} base + {len(jet_layers)} Jet); loop indices count the converted blocks"
             )
-    elif family.pretrained_looped(base_config):
+    elif looped:
         loop_start, loop_end = 0, None
         sources["conversion.loop"] = (
             f"default: the whole stack ({base_config.model_type} was pretrained looped)"
         )
     else:
-        first, stop = n // 4, n - n // 4
+        first, stop = rule_loop
         # converted index of base block i = i + the Jet layers inserted after blocks before it
         loop_start = first + sum(1 for j in jet_layers if j < first)
         loop_end = None if stop >= n else stop + sum(1 for j in jet_layers if j < stop)

@@ -368,6 +368,23 @@ DECODER_SPECS: dict[str, DecoderSpec] = {
     "olmo2": DecoderSpec(),
     "granite": DecoderSpec(embedding_multiplier="embedding_multiplier", logits_divisor="logits_scaling"),
     "smollm3": DecoderSpec(),
+    # more of transformers' dense decoders that follow the same interface (each tested like the above)
+    "gemma": DecoderSpec(),
+    "olmo": DecoderSpec(),
+    "olmo3": DecoderSpec(),
+    "starcoder2": DecoderSpec(sliding_all_layers=True),
+    "cohere": DecoderSpec(logits_multiplier="logit_scale"),
+    "cohere2": DecoderSpec(logits_multiplier="logit_scale"),
+    "glm": DecoderSpec(),
+    "glm4": DecoderSpec(),
+    "helium": DecoderSpec(),
+    "exaone4": DecoderSpec(),
+    "ministral": DecoderSpec(),
+    "seed_oss": DecoderSpec(),
+    "apertus": DecoderSpec(),
+    "arcee": DecoderSpec(),
+    "nemotron": DecoderSpec(),
+    "stablelm": DecoderSpec(),
 }
 
 
