@@ -114,7 +114,7 @@ class Source:
 
 def resolve_source(source: str, revision: str | None = None, config_only: bool = False) -> Source:
     """An alias, a local folder or a Hub id -> a local folder holding ``config.json`` (``config_only``: a
-    Hub download fetches the JSON files only, no weights)."""
+    Hub download fetches ``config.json`` only, no weights)."""
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -142,7 +142,7 @@ def _download(repo_id: str, revision: str | None, config_only: bool = False) -> 
     except ImportError as err:  # pragma: no cover - huggingface_hub ships with transformers
         raise ModelLoadError(f"huggingface_hub is needed to download {repo_id}: {err}") from None
     try:
-        patterns = ["*.json"] if config_only else HUB_PATTERNS
+        patterns = ["config.json"] if config_only else HUB_PATTERNS
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError:
         raise ModelLoadError(
