@@ -6,13 +6,19 @@ Steps (:func:`convert`):
    (downloaded with ``huggingface_hub.snapshot_download``, restricted to config, tokenizer and safetensors
    files);
 2. read its ``config.json`` (``AutoConfig``) and check the architecture is supported;
-3. plan the hybrid from the recipe: Jet layers after ``conversion.jet_layers`` (base layer indices), the loop
-   ``conversion.loop`` (indices in the converted model), the sleep settings ``sleep.*``;
+3. plan the hybrid (``sleepify/planning.py``): the recipe's ``conversion.*`` and ``sleep.*`` where it sets
+   them, the default rules elsewhere (Jet layers every 4th block sized from the base attention within
+   ``conversion.max_param_growth``, the middle blocks looped, or the whole stack of a model pretrained
+   looped);
+   with ``dry_run`` stop here: the plan, the block table (from the model built on the meta device) and the
+   resolved recipe are printed and nothing is written or loaded beyond the config;
 4. build the hybrid on the meta device (no memory), then stream the base weights from the safetensors
    shards tensor by tensor straight into the model (each read once, into its final buffer);
    initialise only the inserted layers; any missing or unexpected key is an error listing them;
 5. write the HF folder (config, safetensors shards written tensor by tensor, tokenizer files), the resolved
-   recipe (``recipe.yaml``) and ``report.md`` (parameters before / after, the block table).
+   recipe as run (``recipe.yaml``: the planned values, the keys chosen by default rules listed in its header)
+   and ``report.md`` (every choice and where it came from, parameters and memory before / after, the block
+   table).
 
 Only safetensors are read: no pickle, no remote code.
 
@@ -30,6 +36,7 @@ import os
 import shutil
 import struct
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +112,9 @@ class Source:
     hub_id: str | None
 
 
-def resolve_source(source: str, revision: str | None = None) -> Source:
-    """An alias, a local folder or a Hub id -> a local folder holding ``config.json``."""
+def resolve_source(source: str, revision: str | None = None, config_only: bool = False) -> Source:
+    """An alias, a local folder or a Hub id -> a local folder holding ``config.json`` (``config_only``: a
+    Hub download fetches ``config.json`` only, no weights)."""
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -114,15 +122,15 @@ def resolve_source(source: str, revision: str | None = None) -> Source:
         return Source(path, path.resolve().name, None, None)
     alias = ALIASES.get(source.lower())
     if alias is None and source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        return Source(_download(source, revision), source.split("/")[1].lower(), None, source)
+        return Source(_download(source, revision, config_only), source.split("/")[1].lower(), None, source)
     if alias is None:
         if os.sep in source or source.startswith("."):
             raise ModelLoadError(f"no such folder: {source}")
         get_alias(source)  # raises with the closest aliases
-    return Source(_download(alias.hub_id, revision), alias.name, alias, alias.hub_id)
+    return Source(_download(alias.hub_id, revision, config_only), alias.name, alias, alias.hub_id)
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
+def _download(repo_id: str, revision: str | None, config_only: bool = False) -> Path:
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
@@ -134,7 +142,8 @@ def _download(repo_id: str, revision: str | None) -> Path:
     except ImportError as err:  # pragma: no cover - huggingface_hub ships with transformers
         raise ModelLoadError(f"huggingface_hub is needed to download {repo_id}: {err}") from None
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        patterns = ["config.json"] if config_only else HUB_PATTERNS
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError:
         raise ModelLoadError(
             f"{repo_id} is gated on the Hugging Face Hub: accept its license and log in "
@@ -160,59 +169,12 @@ def _download(repo_id: str, revision: str | None) -> Path:
 # the plan
 
 
-def _sleep_fields(sleep: Any) -> set[str]:
-    return set(getattr(sleep, "model_fields_set", set()))
-
-
 def build_hybrid_config(base_config: Any, recipe: Any):
-    """The :class:`SleepHybridConfig` for ``base_config`` under ``recipe`` (a validated ``Recipe``)."""
-    from sleepify.models.hybrid import SleepHybridConfig
-    from sleepify.models.hybrid.families import family_for
+    """The :class:`SleepHybridConfig` for ``base_config`` under ``recipe`` (a validated ``Recipe``): the plan
+    of :func:`sleepify.planning.plan_conversion`."""
+    from sleepify.planning import plan_conversion
 
-    family = family_for(base_config.model_type)
-    infos = family.layer_plan(base_config)
-    n = len(infos)
-    conv = recipe.conversion
-    bad = [i for i in conv.jet_layers if not 0 <= i < n]
-    if bad:
-        raise SleepifyError(
-            f"conversion.jet_layers {bad} are not base layer indices (the model has {n} layers: 0..{n - 1})"
-        )
-    plan: list[dict[str, Any]] = []
-    inserted = set(conv.jet_layers)
-    for i, info in enumerate(infos):
-        plan.append({"type": "base", "index": i, "mixer": info.kind, "mlp": info.has_mlp})
-        if i in inserted:
-            plan.append(
-                {
-                    "type": "jet",
-                    "index": len([e for e in plan if e["type"] == "jet"]),
-                    "mixer": "jet",
-                    "mlp": False,
-                }
-            )
-    end = len(plan) if conv.loop.end is None else conv.loop.end
-    if not 0 <= conv.loop.start < end <= len(plan):
-        raise SleepifyError(
-            f"conversion.loop [{conv.loop.start}, {end}) is outside the converted model's {len(plan)} blocks "
-            f"({n} base + {len(inserted)} Jet); loop indices count the converted blocks"
-        )
-    sleep = recipe.sleep
-    wake = sleep.wake_passes
-    if "wake_passes" not in _sleep_fields(sleep):
-        wake = family.default_wake_passes(base_config)
-    return SleepHybridConfig(
-        base_config=base_config.to_dict(),
-        block_plan=plan,
-        jet=conv.jet.model_dump() if inserted else {},
-        loop_start=conv.loop.start,
-        loop_end=conv.loop.end,
-        sleep_window=sleep.window,
-        sleep_passes=sleep.passes,
-        eviction=sleep.eviction,
-        wake_passes=wake,
-        architectures=["SleepHybridForCausalLM"],
-    )
+    return plan_conversion(base_config, recipe).hybrid_config()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -342,6 +304,26 @@ def _short(items: list[str], n: int = 12) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
+@contextmanager
+def params_on_meta() -> Iterator[None]:
+    """Build modules with every parameter on the meta device (no memory, no init: the weights are streamed
+    in afterwards) but real buffers: non-persistent buffers computed at construction (RoPE tables, Gemma's
+    embedding scale) are in no checkpoint. A parameter is moved to meta as it is registered, before any
+    init touches it (what accelerate's ``init_empty_weights(include_buffers=False)`` does)."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
 def _materialise_rest(model: nn.Module, dtype: torch.dtype) -> None:
     """After loading: initialise the inserted Jet layers, rebuild modules whose (non-persistent) buffers are
     still on the meta device (RoPE tables) from their config."""
@@ -444,11 +426,16 @@ def write_safetensors(
 
 @dataclass
 class ConvertResult:
+    """What :func:`convert` did (``dry_run``: would do; nothing was written then)."""
+
     out_dir: Path
     params_before: int
     params_after: int
     report: str
     block_table: list[dict[str, Any]]
+    plan: Any = None  # the sleepify.planning.ConversionPlan followed
+    recipe: Any = None  # the resolved recipe as run (planned values filled in)
+    dry_run: bool = False
 
 
 def _count(params: Iterator[nn.Parameter]) -> int:
@@ -499,14 +486,21 @@ def convert(
     overrides: list[str] | tuple[str, ...] = (),
     log: Callable[[str], None] | None = print,
     runs_root: str | Path = "runs",
+    dry_run: bool = False,
 ) -> ConvertResult:
     """Convert ``source`` (alias, Hub id or folder) under ``recipe`` (a name/file, list of them, a
-    ``ResolvedRecipe``, or None = the alias's default recipe / the schema defaults) into ``out_dir``
-    (default ``runs/<name>/convert``; ``runs/latest`` then points at it)."""
+    ``ResolvedRecipe``, or None = the alias's default recipe / the schema defaults and default rules) into
+    ``out_dir`` (default ``runs/<name>/convert``; ``runs/latest`` then points at it). ``dry_run``: plan only;
+    print the plan and the resolved recipe, read nothing but the config, write nothing.
+
+    Examples::
+
+        >>> res = convert("./my-qwen2", dry_run=True)  # what would be built, and why
+        >>> res.plan.jet_layers, res.params_after - res.params_before
+    """
     from transformers import AutoConfig
 
     import sleepify  # noqa: F401 - registers the model types
-    from sleepify.models.hybrid import SleepHybridForCausalLM
 
     resolved = _resolve_recipe(recipe, source or "", list(overrides))
     rec = resolved.recipe
@@ -516,13 +510,14 @@ def convert(
             "no model given: pass MODEL (alias, Hub id or folder) or set model.source in the recipe"
         )
     if source.startswith(BUILTIN_PREFIX):
-        return _convert_builtin(source, resolved, out_dir, overwrite, log, runs_root)
-    src = resolve_source(source, rec.model.revision)
+        return _convert_builtin(source, resolved, out_dir, overwrite, log, runs_root, dry_run)
+    src = resolve_source(source, rec.model.revision, config_only=dry_run)
     default_out = out_dir is None
     if out_dir is None:
         out_dir = Path(rec.run.dir) / "convert" if rec.run.dir else Path(runs_root) / src.name / "convert"
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite or rec.run.overwrite)
+    if not dry_run:
+        _check_out_dir(out_dir, overwrite or rec.run.overwrite)
 
     try:
         base_config = AutoConfig.from_pretrained(src.folder)
@@ -530,27 +525,83 @@ def convert(
         raise ModelLoadError(
             f"cannot read {src.folder / 'config.json'}: {str(err).splitlines()[0]}"
         ) from None
-    files = safetensors_files(src.folder)  # fail early on pickle-only folders
-    config = build_hybrid_config(base_config, rec)
-    dtype = _DTYPES[rec.model.dtype]
-    config._attn_implementation = rec.model.attn_implementation
-    with torch.device("meta"):
-        model = SleepHybridForCausalLM(config)
+    from sleepify.models.hybrid.families import family_for
+
+    family_for(
+        base_config.model_type, base_config
+    )  # an unsupported architecture: one line, before the weights
+    # fail early on pickle-only folders (a dry run from the Hub downloaded no weights)
+    files = [] if dry_run and src.hub_id else safetensors_files(src.folder)
+    weights = f"{len(files)} safetensors file(s)" if files else "weights not read"
+    described = f"{src.hub_id or src.folder} ({base_config.model_type}, {weights})"
+    built = _plan_and_build(base_config, resolved, dry_run)
+    if dry_run:
+        return _dry_run_result(src.name, described, built, out_dir, overwrite or rec.run.overwrite, log)
+    model, plan, as_run = built
     params_before = _count(model.base.parameters())
+    dtype = _DTYPES[rec.model.dtype]
     load_base_weights(model, src.folder, dtype=dtype)
     _materialise_rest(model, dtype)
     model.eval()
     params_after = _count(model.parameters())
 
-    _write_model(model, config, rec, out_dir)
+    _write_model(model, model.config, rec, out_dir)
     for name in TOKENIZER_FILES:
         if (src.folder / name).is_file():
             shutil.copy2(src.folder / name, out_dir / name)
-    resolved.save(out_dir, stage="convert")
+    _save_recipe(as_run, plan, out_dir)
     table = model.block_table()
-    described = f"{src.hub_id or src.folder} ({config.base_model_type}, {len(files)} safetensors file(s))"
-    report = _report(src.name, described, config, table, params_before, params_after, out_dir)
-    return _finish(out_dir, default_out, rec, runs_root, log, report, params_before, params_after, table)
+    report = _report(src.name, described, plan, table, out_dir)
+    result = ConvertResult(out_dir, params_before, params_after, report, table, plan, as_run)
+    return _finish(result, default_out, rec, runs_root, log)
+
+
+def _plan_and_build(base_config: Any, resolved: Any, dry_run: bool) -> tuple[nn.Module, Any, Any]:
+    """The plan, the hybrid built from it on the meta device, and the recipe as run (the planned values
+    filled in). The meta model is what a dry run describes and what the real run loads the weights into."""
+    from sleepify.config.loader import ResolvedRecipe, deep_merge, validate
+    from sleepify.models.hybrid import SleepHybridForCausalLM
+    from sleepify.planning import plan_conversion
+
+    rec = resolved.recipe
+    plan = plan_conversion(base_config, rec)
+    config = plan.hybrid_config()
+    config._attn_implementation = rec.model.attn_implementation
+    with params_on_meta():
+        model = SleepHybridForCausalLM(config)
+    as_run = ResolvedRecipe(
+        validate(deep_merge(resolved.to_dict(), plan.recipe_updates()), "planned recipe"),
+        resolved.sources,
+        resolved.overrides,
+    )
+    return model, plan, as_run
+
+
+def _save_recipe(as_run: Any, plan: Any, out_dir: Path) -> None:
+    defaults = {k: v for k, v in plan.sources.items() if v != "recipe"}
+    as_run.save(out_dir, stage="convert", extra={"chosen_by_default_rules": defaults})
+
+
+def _dry_run_result(
+    name: str,
+    described: str,
+    built: tuple[nn.Module, Any, Any],
+    out_dir: Path,
+    overwrite: bool,
+    log: Callable[[str], None] | None,
+) -> ConvertResult:
+    model, plan, as_run = built
+    table = model.block_table()
+    busy = out_dir.is_dir() and any(out_dir.iterdir())
+    where = f"{out_dir} (dry run: nothing written" + (
+        "; it is not empty: the real run needs --overwrite)" if busy and not overwrite else ")"
+    )
+    report = _report(name, described, plan, table, where)
+    report += "\n## Resolved recipe\n\n```yaml\n" + as_run.to_yaml() + "```\n"
+    before, after = _count(model.base.parameters()), _count(model.parameters())
+    if log is not None:
+        log(report)
+    return ConvertResult(out_dir, before, after, report, table, plan, as_run, dry_run=True)
 
 
 def _write_model(model: nn.Module, config: Any, rec: Any, out_dir: Path) -> None:
@@ -563,24 +614,21 @@ def _write_model(model: nn.Module, config: Any, rec: Any, out_dir: Path) -> None
 
 
 def _finish(
-    out_dir: Path,
+    result: ConvertResult,
     default_out: bool,
     rec: Any,
     runs_root: str | Path,
     log: Callable[[str], None] | None,
-    report: str,
-    params_before: int,
-    params_after: int,
-    table: list[dict[str, Any]],
 ) -> ConvertResult:
-    (out_dir / "report.md").write_text(report)
+    out_dir = result.out_dir
+    (out_dir / "report.md").write_text(result.report)
     if default_out:
         root = out_dir.parent.parent if not rec.run.dir else Path(runs_root)
         root.mkdir(parents=True, exist_ok=True)
         (root / LATEST_POINTER).write_text(str(out_dir.resolve()) + "\n")
     if log is not None:
-        log(report)
-    return ConvertResult(out_dir, params_before, params_after, report, table)
+        log(result.report)
+    return result
 
 
 def _convert_builtin(
@@ -590,6 +638,7 @@ def _convert_builtin(
     overwrite: bool,
     log: Callable[[str], None] | None,
     runs_root: str | Path,
+    dry_run: bool = False,
 ) -> ConvertResult:
     """``builtin:NAME``: the named from-scratch config wrapped in the hybrid, initialised (seeded with
     ``train.seed``) instead of loaded, saved with the character tokenizer."""
@@ -603,10 +652,18 @@ def _convert_builtin(
     if out_dir is None:
         out_dir = Path(rec.run.dir) / "convert" if rec.run.dir else Path(runs_root) / builtin.name / "convert"
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite or rec.run.overwrite)
     base_config = builtin.build_config()
-    config = build_hybrid_config(base_config, rec)
-    config._attn_implementation = rec.model.attn_implementation
+    described = (
+        f"{BUILTIN_PREFIX}{builtin.name} ({base_config.model_type}: {builtin.description}; "
+        f"initialised from scratch, seed {rec.train.seed}; "
+        f"character tokenizer, vocab {base_config.vocab_size})"
+    )
+    built = _plan_and_build(base_config, resolved, dry_run)
+    if dry_run:
+        return _dry_run_result(builtin.name, described, built, out_dir, overwrite or rec.run.overwrite, log)
+    _check_out_dir(out_dir, overwrite or rec.run.overwrite)
+    _, plan, as_run = built
+    config = built[0].config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rec.train.seed)
         model = SleepHybridForCausalLM(config)
@@ -619,15 +676,11 @@ def _convert_builtin(
     params_after = _count(model.parameters())
     _write_model(model, config, rec, out_dir)
     build_char_tokenizer().save_pretrained(out_dir)
-    resolved.save(out_dir, stage="convert")
+    _save_recipe(as_run, plan, out_dir)
     table = model.block_table()
-    described = (
-        f"{BUILTIN_PREFIX}{builtin.name} ({config.base_model_type}: {builtin.description}; "
-        f"initialised from scratch, seed {rec.train.seed}; "
-        f"character tokenizer, vocab {base_config.vocab_size})"
-    )
-    report = _report(builtin.name, described, config, table, params_before, params_after, out_dir)
-    return _finish(out_dir, default_out, rec, runs_root, log, report, params_before, params_after, table)
+    report = _report(builtin.name, described, plan, table, out_dir)
+    result = ConvertResult(out_dir, params_before, params_after, report, table, plan, as_run)
+    return _finish(result, default_out, rec, runs_root, log)
 
 
 def latest_run(runs_root: str | Path = "runs") -> Path | None:
@@ -638,25 +691,15 @@ def latest_run(runs_root: str | Path = "runs") -> Path | None:
     return Path(pointer.read_text().strip())
 
 
-def _report(
-    name: str, described: str, config: Any, table: list[dict], before: int, after: int, out: Path
-) -> str:
-    added = after - before
-    start, end = config.loop_range
+def _report(name: str, described: str, plan: Any, table: list[dict], out: Path | str) -> str:
+    """``report.md``: the source, every choice with where it came from ([recipe] or the default rule), the
+    parameter and memory growth, the block table."""
     lines = [
         f"# sleepify convert: {name}",
         "",
         f"- source: {described}",
         f"- output: {out}",
-        f"- parameters: {before:,} before, {after:,} after "
-        f"(+{added:,}, +{100 * added / max(before, 1):.2f}%)",
-        f"- Jet layers inserted: {config.num_jet_layers}"
-        + (f" ({', '.join(f'{k}={v}' for k, v in config.jet.items())})" if config.jet else ""),
-        f"- loop: blocks [{start}, {end}) of {len(table)} (prelude {start}, looped {end - start}, "
-        f"coda {len(table) - end})",
-        f"- sleep: window L={config.sleep_window}, passes N={config.sleep_passes}, "
-        f"eviction={config.eviction}, "
-        f"wake passes={config.wake_passes}",
+        *plan.summary(),
         "",
         "| block | source | kind | MLP | loops during sleep |",
         "|---:|---|---|---|---|",

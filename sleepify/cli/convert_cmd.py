@@ -17,16 +17,25 @@ from sleepify.cli.common import recipe_options
     help="Output folder (default: runs/<model>/convert; runs/latest then points at it for warmup).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the full plan (block table, Jet sizes, loop, parameter and memory growth, where every "
+    "choice came from, the resolved recipe) and stop: only the config is read, nothing is written.",
+)
 @recipe_options
 def convert(
     model: str | None,
     out_dir: str | None,
     overwrite: bool,
+    dry_run: bool,
     recipes: tuple[str, ...],
     overrides: tuple[str, ...],
 ) -> None:
     """Convert MODEL (alias such as ouro-1.4b, Hub id ORG/NAME, or local folder) into a sleep-capable
-    hybrid. Without -r, an alias uses its default recipe (`sleepify models`)."""
+    hybrid. Without -r, an alias uses its default recipe (`sleepify models`); any other model gets a
+    default plan (Jet layers every 4th block sized from the base, within conversion.max_param_growth;
+    the middle blocks looped) that the report explains."""
     from sleepify.convert import convert as run_convert
 
     run_convert(
@@ -36,4 +45,5 @@ def convert(
         overwrite=overwrite,
         overrides=list(overrides),
         log=click.echo,
+        dry_run=dry_run,
     )

@@ -42,20 +42,33 @@ def _default(field: Any) -> str:
     return f"`{json.dumps(value)}`"
 
 
+def _optional_section(annotation: Any) -> type[BaseModel] | None:
+    """``Section | None`` -> Section."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
+
+
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows, sections = [], []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            sections.append((f"{prefix}{name}", annotation))
+            sections.append((f"{prefix}{name}", annotation, ""))
+            continue
+        section = _optional_section(annotation)
+        if section is not None:  # a section a recipe may leave null: its meaning, then its keys
+            sections.append((f"{prefix}{name}", section, field.description or ""))
             continue
         doc = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{prefix}{name}` | {_type_name(annotation)} | {_default(field)} | {doc} |")
     out = []
     if rows:
         out += ["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""]
-    for dotted, section in sections:
-        out += [f"## `{dotted}`", "", (section.__doc__ or "").strip(), "", *_rows(section, f"{dotted}.")]
+    for dotted, section, null in sections:
+        intro = (section.__doc__ or "").strip() + (f" Default `null`: {null}." if null else "")
+        out += [f"## `{dotted}`", "", intro, "", *_rows(section, f"{dotted}.")]
     return out
 
 

@@ -33,8 +33,14 @@ class ModelSection(Section):
 class JetSection(Section):
     """Size of each inserted Jet layer (JetBlock of Jet-Nemotron)."""
 
-    num_heads: int = Field(8, gt=0, description="key/query heads")
-    head_dim: int = Field(128, gt=0, description="key head dimension")
+    num_heads: int | None = Field(
+        None,
+        gt=0,
+        description="key/query heads; null = half the base attention heads, fewer if over max_param_growth",
+    )
+    head_dim: int | None = Field(
+        None, gt=0, description="key head dimension; null = the base attention head dim (at most 256)"
+    )
     expand_v: float = Field(2.0, gt=0, description="value head dim = head_dim * expand_v")
     conv_size: int = Field(4, gt=0, description="width W of the dynamic convolution on values")
     generator_reduction: int = Field(8, gt=0, description="kernel-generator hidden = value_dim / reduction")
@@ -51,12 +57,22 @@ class LoopSection(Section):
 class ConversionSection(Section):
     """How a pretrained model becomes a sleep-capable hybrid."""
 
-    jet_layers: list[int] = Field(
-        default_factory=list,
-        description="insert an MLP-free Jet layer after each of these base blocks (0-based indices)",
+    jet_layers: list[int] | None = Field(
+        None,
+        description="insert an MLP-free Jet layer after each of these base blocks (0-based indices); null = "
+        "one after every 4th block (fewer if over max_param_growth), none if the base has SSM layers",
     )
     jet: JetSection = Field(default_factory=JetSection)
-    loop: LoopSection = Field(default_factory=LoopSection)
+    loop: LoopSection | None = Field(
+        None,
+        description="the whole stack for a model pretrained looped (Ouro), else the middle half of the base "
+        "blocks with the Jet layers after them",
+    )
+    max_param_growth: float = Field(
+        0.10,
+        gt=0,
+        description="budget of the default rules: inserted parameters / base parameters at most this",
+    )
 
 
 class SleepSection(Section):
@@ -186,8 +202,9 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _check_consistency(self) -> Recipe:
         loop = self.conversion.loop
-        if loop.end is not None and loop.end <= loop.start:
+        if loop is not None and loop.end is not None and loop.end <= loop.start:
             raise ValueError(f"conversion.loop.end ({loop.end}) must be greater than start ({loop.start})")
-        if len(set(self.conversion.jet_layers)) != len(self.conversion.jet_layers):
+        jets = self.conversion.jet_layers
+        if jets is not None and len(set(jets)) != len(jets):
             raise ValueError(f"conversion.jet_layers has repeated indices: {self.conversion.jet_layers}")
         return self

@@ -83,13 +83,18 @@ def window_attention_torch(
     span: int | None = None,
     scale: float | None = None,
     dropout_p: float = 0.0,
+    softcap: float | None = None,
 ) -> Tensor:
-    """The reference: explicit fp32 masked softmax."""
+    """The reference: explicit fp32 masked softmax. ``softcap`` caps the scores at ``±softcap`` with
+    ``softcap·tanh(s / softcap)`` before the mask (Gemma 2's attention logit soft-capping; only this path
+    has it)."""
     groups = q.shape[1] // k.shape[1]
     kf = k.float().repeat_interleave(groups, dim=1)
     vf = v.float().repeat_interleave(groups, dim=1)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q.float(), kf.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     allowed = allowed_keys(q_index, k_index, k_valid, span)[:, None]
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1)

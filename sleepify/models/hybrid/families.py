@@ -14,14 +14,21 @@ hybrid's
 ``layer_plan(base_config)`` describes the base layers (mixer kind, MLP, sliding window) from the config alone,
 so conversion can check support and print the block table before building anything.
 
-Families: ``qwen2``, ``qwen3``, ``llama`` (transformers' own decoder layers), ``ouro``, ``jet_nemotron``
-and ``sleep_scratch`` (sleepify's native implementations; ``sleep_scratch`` is the built-in from-scratch
-hybrids of ``sleepify/models/scratch``, whose SSM layers are GatedDeltaNet (kind ``gdn``) or JetBlock
-(kind ``jet``)).
+Families: every dense decoder-only family of transformers listed in :data:`DECODER_SPECS` runs through one
+generic adapter (:class:`DecoderFamily`): its own decoder layers are called through the standard layer
+interface (``layer(h, attention_mask=, position_embeddings=, position_ids=, cache=)``), so what a layer does
+inside (fused projections, norms after the sublayers, q/k norms, residual multipliers, layers without RoPE)
+needs nothing here. A family's :class:`DecoderSpec` holds only what its ``*Model`` / ``*ForCausalLM`` do
+*around* the layers (an embedding multiplier, logit scaling or soft-capping, sliding window on every layer).
+``ouro``, ``jet_nemotron`` and ``sleep_scratch`` (sleepify's native implementations; ``sleep_scratch`` is
+the built-in from-scratch hybrids of ``sleepify/models/scratch``, whose SSM layers are GatedDeltaNet (kind
+``gdn``) or JetBlock (kind ``jet``)) have adapters of their own: they truly differ (a norm after every pass,
+mixers with an explicit state).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +41,10 @@ from sleepify.models.compat import cache_kwargs
 from sleepify.sleep import AttentionWindow, KVBuffer, WindowContext
 
 __all__ = [
+    "DECODER_SPECS",
     "SLEEPIFY_ATTENTION",
     "SUPPORTED_FAMILIES",
+    "DecoderSpec",
     "Family",
     "LayerInfo",
     "family_for",
@@ -67,17 +76,44 @@ def sleepify_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     sleepify_window: AttentionWindow | None = None,
+    softcap: float | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
     """transformers attention function ``"sleepify"``: the window attention op (``sleepify.ops.attention``:
     SDPA on CPU, flash-attn / fla where they apply) on the window the engine describes in
-    ``sleepify_window``. Called without one (the base model run on its own), it is transformers' SDPA."""
+    ``sleepify_window``. Called without one (the base model run on its own), it is transformers' SDPA.
+    Attention logit soft-capping (Gemma 2's ``softcap``) takes the op's torch reference, the one path that
+    has it (transformers' SDPA has none either: Gemma 2 runs eager there)."""
     if sleepify_window is None:
+        if softcap is not None:
+            # transformers' eager attention with soft-capping (Gemma 2's, the family that has it)
+            from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+            return eager_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, softcap=softcap
+            )
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    if softcap is not None:
+        from sleepify.ops.attention import window_attention_torch
+
+        w = sleepify_window
+        out = window_attention_torch(
+            query,
+            key,
+            value,
+            w.q_index,
+            w.k_index,
+            w.k_valid,
+            w.span,
+            scale=scaling,
+            dropout_p=dropout,
+            softcap=softcap,
+        )
+        return out.transpose(1, 2), None
     out = sleepify_window.attend(query, key, value, scale=scaling, dropout_p=dropout)
     return out.transpose(1, 2), None  # [B, Tq, H, D], as transformers' attention functions return
 
@@ -114,11 +150,14 @@ class _KVRecorder:
 class HFAttentionBlock:
     """A transformers decoder layer (attention + MLP). With the ``"sleepify"`` attention implementation it
     gets the window as indices (``sleepify_window``, for the window attention op); with any other (eager,
-    sdpa) the window's 4-D additive mask."""
+    sdpa) the window's 4-D additive mask. ``rope_key``: which entry of the window's RoPE tables it reads
+    when the family has one table per layer type (Gemma 3: local and global RoPE)."""
 
     stateful = False
 
-    def __init__(self, layer: nn.Module, info: LayerInfo, pass_position_ids: bool = True):
+    def __init__(
+        self, layer: nn.Module, info: LayerInfo, pass_position_ids: bool = True, rope_key: str | None = None
+    ):
         self.module = layer
         self.kind = info.kind
         self.has_mlp = info.has_mlp
@@ -126,6 +165,7 @@ class HFAttentionBlock:
         self.inserted = False
         self._pass_position_ids = pass_position_ids
         self._attn_config = layer.self_attn.config
+        self._rope_key = rope_key
 
     def __call__(self, h: Tensor, ctx: WindowContext, state: Any) -> tuple[Tensor, Any]:
         recorder = None
@@ -139,12 +179,11 @@ class HFAttentionBlock:
             kwargs["sleepify_window"] = ctx.attention_window(self.sliding_window)
         else:
             mask = ctx.attention_mask(self.sliding_window)
+        rope = ctx.position_embeddings
+        if self._rope_key is not None:
+            rope = rope[self._rope_key]
         out = self.module(
-            h,
-            attention_mask=mask,
-            position_embeddings=ctx.position_embeddings,
-            **cache_kwargs(recorder),
-            **kwargs,
+            h, attention_mask=mask, position_embeddings=rope, **cache_kwargs(recorder), **kwargs
         )
         if isinstance(out, tuple):
             out = out[0]
@@ -258,6 +297,12 @@ class Family:
     def default_wake_passes(cls, config: Any) -> int:
         return 1
 
+    @classmethod
+    def pretrained_looped(cls, config: Any) -> bool:
+        """Whether the model was pretrained applying its whole stack repeatedly (then the whole stack loops
+        during sleep by default, as it was trained)."""
+        return False
+
     # -- on the model
     @property
     def decoder(self) -> nn.Module:
@@ -286,10 +331,118 @@ class Family:
         return self.base.lm_head(h)
 
 
-class DecoderFamily(Family):
-    """Qwen2 / Qwen2.5, Qwen3, Llama (2/3) through transformers' own classes."""
+@dataclass(frozen=True)
+class DecoderSpec:
+    """What a transformers decoder family computes *around* its decoder layers, beyond the standard
+    ``embed_tokens -> layers -> norm -> lm_head`` (each field names the config attribute read, None = no such
+    step). Everything inside a layer runs as the family wrote it."""
 
-    model_types = ("qwen2", "qwen3", "llama")
+    embedding_multiplier: str | None = None  # embeddings *= config.X in *Model.forward (Granite)
+    logits_divisor: str | None = None  # logits /= config.X in *ForCausalLM.forward (Granite)
+    logits_multiplier: str | None = None  # logits *= config.X (Cohere)
+    logits_softcap: str | None = None  # logits = c·tanh(logits / c), c = config.X when set (Gemma 2 / 3)
+    # without layer_types, a set config.sliding_window applies to every layer (Mistral, Phi-3, Starcoder2)
+    sliding_all_layers: bool = False
+
+
+# model_type -> what differs. Embedding scaling inside the embedding module (Gemma's scaled embeddings),
+# fused projections (Phi-3), norms after the sublayers (OLMo-2), residual/attention multipliers (Granite),
+# layers without RoPE (SmolLM3), q/k norms (Qwen3, OLMo-2, Gemma 3) are all inside the modules the adapter
+# calls, so they need no entry here.
+DECODER_SPECS: dict[str, DecoderSpec] = {
+    "llama": DecoderSpec(),
+    "qwen2": DecoderSpec(),
+    "qwen3": DecoderSpec(),
+    "mistral": DecoderSpec(sliding_all_layers=True),
+    "phi3": DecoderSpec(sliding_all_layers=True),
+    "gemma2": DecoderSpec(logits_softcap="final_logit_softcapping"),
+    "gemma3_text": DecoderSpec(logits_softcap="final_logit_softcapping"),
+    "olmo2": DecoderSpec(),
+    "granite": DecoderSpec(embedding_multiplier="embedding_multiplier", logits_divisor="logits_scaling"),
+    "smollm3": DecoderSpec(),
+    # more of transformers' dense decoders that follow the same interface (each tested like the above)
+    "gemma": DecoderSpec(),
+    "olmo": DecoderSpec(),
+    "olmo3": DecoderSpec(),
+    "starcoder2": DecoderSpec(sliding_all_layers=True),
+    "cohere": DecoderSpec(logits_multiplier="logit_scale"),
+    "cohere2": DecoderSpec(logits_multiplier="logit_scale"),
+    "glm": DecoderSpec(),
+    "glm4": DecoderSpec(),
+    "helium": DecoderSpec(),
+    "exaone4": DecoderSpec(),
+    "ministral": DecoderSpec(),
+    "seed_oss": DecoderSpec(),
+    "apertus": DecoderSpec(),
+    "arcee": DecoderSpec(),
+    "nemotron": DecoderSpec(),
+    "stablelm": DecoderSpec(),
+}
+
+
+class DecoderFamily(Family):
+    """Every family of :data:`DECODER_SPECS` through transformers' own classes (the one generic adapter)."""
+
+    model_types = tuple(DECODER_SPECS)
+
+    @classmethod
+    def spec(cls, config: Any) -> DecoderSpec:
+        return DECODER_SPECS[config.model_type]
+
+    @classmethod
+    def layer_plan(cls, config: Any) -> list[LayerInfo]:
+        window = getattr(config, "sliding_window", None)
+        if (
+            not getattr(config, "layer_types", None)
+            and window is not None
+            and cls.spec(config).sliding_all_layers
+        ):
+            return [LayerInfo("sliding_attention", True, window) for _ in range(config.num_hidden_layers)]
+        return super().layer_plan(config)
+
+    def __init__(self, base: nn.Module):
+        super().__init__(base)
+        config = base.config
+        self._spec = self.spec(config)
+        # one RoPE table per layer type when the family's rotary takes the type (Gemma 3: local / global)
+        rotary_params = inspect.signature(type(self.decoder.rotary_emb).forward).parameters
+        self._rope_by_type = "layer_type" in rotary_params
+        self._layer_types = [info.kind for info in self.layer_plan(config)]
+
+    def _attr(self, name: str | None) -> Any:
+        return None if name is None else getattr(self.base.config, name, None)
+
+    def base_blocks(self) -> list:
+        plan = self.layer_plan(self.base.config)
+        return [
+            HFAttentionBlock(layer, info, self.pass_position_ids, info.kind if self._rope_by_type else None)
+            for layer, info in zip(self.decoder.layers, plan, strict=True)
+        ]
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        h = self.decoder.embed_tokens(input_ids)
+        multiplier = self._attr(self._spec.embedding_multiplier)
+        return h if multiplier is None else h * multiplier
+
+    def rotary(self, probe: Tensor, position_ids: Tensor) -> Any:
+        if self._rope_by_type:
+            return {
+                t: self.decoder.rotary_emb(probe, position_ids, t) for t in dict.fromkeys(self._layer_types)
+            }
+        return self.decoder.rotary_emb(probe, position_ids)
+
+    def lm_head(self, h: Tensor) -> Tensor:
+        logits = self.base.lm_head(h)
+        divisor = self._attr(self._spec.logits_divisor)
+        if divisor is not None:
+            logits = logits / divisor
+        multiplier = self._attr(self._spec.logits_multiplier)
+        if multiplier is not None:
+            logits = logits * multiplier
+        cap = self._attr(self._spec.logits_softcap)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
 
 class OuroFamily(Family):
@@ -305,6 +458,10 @@ class OuroFamily(Family):
     @classmethod
     def default_wake_passes(cls, config: Any) -> int:
         return int(getattr(config, "total_ut_steps", 1))
+
+    @classmethod
+    def pretrained_looped(cls, config: Any) -> bool:
+        return True
 
     def pass_hook(self, h: Tensor) -> Tensor:
         return self.decoder.norm(h)
@@ -343,6 +500,10 @@ class ScratchFamily(Family):
     model_types = ("sleep_scratch",)
 
     @classmethod
+    def pretrained_looped(cls, config: Any) -> bool:
+        return True  # the paper's from-scratch models loop every block
+
+    @classmethod
     def layer_plan(cls, config: Any) -> list[LayerInfo]:
         return [LayerInfo("full_attention" if m == "attention" else m, True) for m in config.mixer_types]
 
@@ -359,16 +520,32 @@ SUPPORTED_FAMILIES: dict[str, type[Family]] = {
 }
 
 
-def family_for(model_type: str) -> type[Family]:
+def family_for(model_type: str, config: Any = None) -> type[Family]:
+    """The adapter of ``model_type``; a ModelLoadError in one line naming what is supported otherwise
+    (``config``, when given, says why a known kind of model is not: MoE, encoder-decoder, multimodal)."""
     from sleepify.errors import ModelLoadError
 
     try:
         return SUPPORTED_FAMILIES[model_type]
     except KeyError:
+        why = _unsupported_reason(config) if config is not None else ""
         raise ModelLoadError(
-            f"architecture {model_type!r} is not supported; supported model types: "
-            f"{', '.join(sorted(SUPPORTED_FAMILIES))}"
+            f"architecture {model_type!r}{why} is not supported: sleepify converts dense decoder-only "
+            f"language models of the model types {', '.join(sorted(SUPPORTED_FAMILIES))}"
         ) from None
+
+
+def _unsupported_reason(config: Any) -> str:
+    if getattr(config, "is_encoder_decoder", False):
+        return " (an encoder-decoder model)"
+    if any(hasattr(config, k) for k in ("vision_config", "audio_config", "text_config")):
+        return " (a multimodal model)"
+    if any(
+        getattr(config, k, None)
+        for k in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+    ):
+        return " (a mixture-of-experts model)"
+    return ""
 
 
 def layer_plan(config: Any) -> list[LayerInfo]:
