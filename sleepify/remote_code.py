@@ -180,23 +180,40 @@ def render_module(module: str) -> str:
     return header + "".join(lines)
 
 
+def _needs_optional_package(module: str) -> bool:
+    """Whether importing ``module`` imports an optional GPU package (at module level)."""
+    tree = ast.parse(_source(module).read_text(encoding="utf-8"))
+    return any(node in tree.body for node in _optional_imports(tree))
+
+
+def _every_module(entries: tuple[str, ...]) -> str:
+    # transformers before 5.24 copies a local folder's remote code only as far as the entry file's own
+    # relative imports (it follows them further only for Hub repos), so an entry file names every module of
+    # its bundle. Modules of optional backends are copied too but may fail to import: they are only
+    # imported when their backend runs.
+    lines = []
+    for m in bundle_modules(entries):
+        line = f"from .{flat_name(m)} import __name__ as _{flat_name(m)}  # noqa: F401\n"
+        if _needs_optional_package(m):
+            line = f"try:  # an optional backend\n    {line}except ImportError:\n    pass\n"
+        lines.append(line)
+    return "".join(lines)
+
+
 def _entry_files() -> dict[str, str]:
     header = HEADER.format(version=__version__, source="sleepify/remote_code.py")
-    config_module = flat_name("sleepify.models.hybrid.configuration_sleep_hybrid")
+    config_module = "sleepify.models.hybrid.configuration_sleep_hybrid"
     config = (
-        header + f"from .{config_module} import SleepHybridConfig\n\n" + '__all__ = ["SleepHybridConfig"]\n'
-    )
-
-    registrations = "".join(
-        f"from .{flat_name(m)} import __all__ as _{m.rsplit('.', 1)[-1]}_names  # noqa: F401\n"
-        for m in ENTRY_MODULES
-        if m != "sleepify.models.hybrid"
+        header
+        + _every_module((config_module,))
+        + f"from .{flat_name(config_module)} import SleepHybridConfig\n\n"
+        + '__all__ = ["SleepHybridConfig"]\n'
     )
     modeling = (
         header
-        + "# The base families register their model types with the Auto classes on import (the hybrid\n"
-        + "# builds its base model through them), so they come first.\n"
-        + registrations
+        + "# Every module of the bundle; the base families (Ouro, Jet-Nemotron, built-ins) register their\n"
+        + "# model types with the Auto classes on import; the hybrid builds its base model through them.\n"
+        + _every_module(ENTRY_MODULES)
         + f"from .{flat_name('sleepify.models.hybrid')} import SleepHybridConfig, SleepHybridForCausalLM\n\n"
         + '__all__ = ["SleepHybridConfig", "SleepHybridForCausalLM"]\n'
     )

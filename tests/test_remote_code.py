@@ -112,11 +112,20 @@ def minimal_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import site
 
     folder = tmp_path_factory.mktemp("minimal-site")
-    for site_dir in site.getsitepackages():
+    site_dirs = {str(Path(d)) for d in site.getsitepackages()}
+    linked: set[str] = set()  # entries already linked, and distributions (sys.path order wins)
+    projects: set[str] = set()
+    for site_dir in [p for p in sys.path if str(Path(p or ".")) in site_dirs]:
         for entry in Path(site_dir).iterdir():
             name = entry.name.lower().replace("-", "_")
-            if name.startswith(_BLOCKED) or name.endswith(".pth") or (folder / entry.name).exists():
+            if name.startswith(_BLOCKED) or name.endswith(".pth") or entry.name in linked:
                 continue
+            if name.endswith((".dist_info", ".egg_info")):
+                project = entry.name.split("-")[0].lower().replace("_", "-")
+                if project in projects:
+                    continue
+                projects.add(project)
+            linked.add(entry.name)
             (folder / entry.name).symlink_to(entry)
     return folder
 
