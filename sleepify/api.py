@@ -235,9 +235,14 @@ def export(
     private: bool | None = None,
     overwrite: bool = False,
     runs_root: str | Path = "runs",
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
 ) -> Path:
     """Export a run (a run folder, a stage's model folder, or None for ``runs/latest``) as a clean Hugging
-    Face folder with a model card; returns ``out``. ``push_to_hub="ORG/NAME"`` uploads it afterwards.
+    Face folder with a model card; returns ``out``. ``push_to_hub="ORG/NAME"`` (or a bare ``NAME``, the
+    token owner's namespace) uploads it afterwards, with ``private`` / ``token`` / ``revision`` /
+    ``create_pr`` as :func:`push` takes them.
 
     Example::
 
@@ -255,6 +260,9 @@ def export(
         overwrite=overwrite,
         runs_root=runs_root,
         log=log.info,
+        token=token,
+        revision=revision,
+        create_pr=create_pr,
     )
     return Path(result.out_dir)
 
@@ -316,9 +324,13 @@ def push(
     revision: str | None = None,
     message: str | None = None,
     token: str | None = None,
+    create_pr: bool = False,
 ) -> str:
-    """Upload an exported folder to the Hub model repo ``repo`` (``ORG/NAME``, created if needed); the
-    token is ``token``, ``HF_TOKEN`` or the saved login. Returns the repo URL.
+    """Upload an exported folder to the Hub model repo ``repo`` (``ORG/NAME``, or a bare ``NAME`` in the
+    token owner's namespace; created if needed); the token is ``token``, ``HF_TOKEN`` or the saved login.
+    ``private`` makes a new repo, or an existing public one, private; ``revision`` is the branch (created if
+    needed); ``create_pr`` opens a pull request instead of committing. Returns the repo URL (the pull
+    request's with ``create_pr``).
 
     Example::
 
@@ -327,5 +339,12 @@ def push(
     from sleepify.hub import push as run_push
 
     return run_push(
-        folder, repo, private=private, revision=revision, token=token, commit_message=message, log=log.info
+        folder,
+        repo,
+        private=private,
+        revision=revision,
+        token=token,
+        commit_message=message,
+        create_pr=create_pr,
+        log=log.info,
     )

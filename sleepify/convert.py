@@ -519,8 +519,12 @@ def convert(
     if not dry_run:
         _check_out_dir(out_dir, overwrite or rec.run.overwrite)
 
+    # provenance: the stored convert recipe names what was converted (the CLI argument is not in the
+    # recipe): the alias or Hub id as given, a local folder as an absolute path (so export can tell it
+    # from a Hub id, and the model card can name it from any working directory)
+    rec.model.source = str(src.folder.resolve()) if src.hub_id is None else source
     try:
-        base_config = AutoConfig.from_pretrained(src.folder)
+        base_config = AutoConfig.from_pretrained(src.folder.resolve())
     except ValueError as err:
         raise ModelLoadError(
             f"cannot read {src.folder / 'config.json'}: {str(err).splitlines()[0]}"
@@ -648,6 +652,7 @@ def _convert_builtin(
 
     rec = resolved.recipe
     builtin = get_builtin(source)
+    rec.model.source = source  # provenance (see convert)
     default_out = out_dir is None
     if out_dir is None:
         out_dir = Path(rec.run.dir) / "convert" if rec.run.dir else Path(runs_root) / builtin.name / "convert"

@@ -5,18 +5,23 @@ What an export folder holds:
 - ``config.json`` (``model_type "sleep_hybrid"``, the sleep settings ``sleep_window``, ``sleep_passes``,
   ``eviction``, ``wake_passes``, the block plan), sharded ``model*.safetensors`` (``max_shard_size``, with an
   index when sharded), the tokenizer files (when the run has a tokenizer), ``generation_config.json``;
-- ``README.md``: the model card, front matter (``library_name: sleepify``, ``base_model``, ``tags``,
-  ``datasets``, ``license``) then how it was made (the recipe chain convert -> warmup -> train from each
-  stage's ``recipe.yaml`` provenance header), the sleep settings, the latest evaluation (``eval/eval.json``
-  of the run, with its plot) and how to load and generate;
+- ``README.md``: the model card, front matter as the Hub reads it (``huggingface_hub.ModelCardData``:
+  ``library_name: transformers``, ``pipeline_tag: text-generation``, ``tags`` from the content
+  (:func:`card_tags`), ``base_model`` only for a real Hub id (:func:`hub_repo_id`; a local folder never),
+  Hub ``datasets``, ``license`` from the base) then the sleep settings, how it was made (the source: Hub
+  id, local folder path or built-in; the recipe chain convert -> warmup -> train from each stage's
+  ``recipe.yaml`` provenance header), the latest evaluation (``eval/eval.json`` of the run, with its plot)
+  and a usage snippet that runs as written (``trust_remote_code=True``: torch and transformers suffice);
+- the remote code (``sleepify/remote_code.py``) that ``config.json``'s ``auto_map`` points at;
 - ``recipe.yaml``: the resolved recipe of the last stage; ``eval/``: the copied evaluation, if any.
 
 Everything is written to a hidden temporary sibling folder and renamed into place at the end, so an
 interrupted export leaves no half-written folder (and an existing folder is only replaced with
 ``overwrite``, after the new one is complete).
 
-``AutoModelForCausalLM.from_pretrained(folder)`` (after ``import sleepify``) gives bit-identical logits to
-the run's model when exported in its own dtype (tested).
+``AutoModelForCausalLM.from_pretrained(folder)`` (after ``import sleepify``, or with
+``trust_remote_code=True``) gives bit-identical logits to the run's model when exported in its own dtype
+(tested).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,7 +41,16 @@ from sleepify.errors import SleepifyError
 from sleepify.fsutil import publish_folder
 from sleepify.remote_code import AUTO_MAP, write_remote_code
 
-__all__ = ["ExportResult", "export", "model_card", "read_provenance", "resolve_run"]
+__all__ = [
+    "ExportResult",
+    "card_metadata",
+    "card_tags",
+    "export",
+    "hub_repo_id",
+    "model_card",
+    "read_provenance",
+    "resolve_run",
+]
 
 STAGES = ("convert", "warmup", "train")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -101,8 +116,12 @@ def plan_export(
     push_to_hub: str | None = None,
     overwrite: bool = False,
     runs_root: str | Path = "runs",
+    private: bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
 ) -> str:
-    """What :func:`export` would do, as text (``sleepify export --dry-run``); nothing written."""
+    """What :func:`export` would do, as text (``sleepify export --dry-run``); nothing written, the Hub is
+    not contacted."""
     model_dir, run_dir = resolve_run(source, runs_root)
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -115,7 +134,9 @@ def plan_export(
         f"  dtype: {dtype or 'the recipe export.dtype'}; eval results for the card: {found or 'none'}",
     ]
     if push_to_hub:
-        lines.append(f"  then push to the Hub: {push_to_hub}")
+        where = push_to_hub if "/" in push_to_hub else f"{push_to_hub} (in the token owner's namespace)"
+        where += (f"@{revision}" if revision else "") + (" (private)" if private else "")
+        lines.append(f"  then push to the Hub: {where}" + (" as a pull request" if create_pr else ""))
     return "\n".join(lines)
 
 
@@ -234,64 +255,116 @@ def _fmt(value: Any) -> str:
 # the model card
 
 
-def _front_matter_value(readme: Path, key: str) -> str | None:
+# Hub ids: a base model / dataset goes into the card's metadata only when it can be nothing but a Hub id
+LOCAL_PREFIXES = (".", "/", "~", "\\")
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
+HUB_CACHE = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
+
+
+def hub_repo_id(value: Any) -> str | None:
+    """``value`` when it can only be a Hub repo id ``namespace/name``, else None: not an existing local
+    path, not path-like (absolute, ``./``, ``../``, ``~``, backslashes, a drive letter), exactly one ``/``,
+    and accepted by ``huggingface_hub.utils.validate_repo_id``.
+
+    Example::
+
+        >>> hub_repo_id("Qwen/Qwen2.5-0.5B"), hub_repo_id("../base"), hub_repo_id("/models/qwen")
+        ('Qwen/Qwen2.5-0.5B', None, None)
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    s = str(value or "").strip()
+    if not s or s.count("/") != 1 or s.startswith(LOCAL_PREFIXES) or "\\" in s or ":" in s:
+        return None
+    if Path(s).expanduser().exists():
+        return None
+    try:
+        validate_repo_id(s)
+    except HFValidationError:
+        return None
+    return s
+
+
+def _front_matter(readme: Path) -> dict[str, Any]:
+    """The YAML front matter of a model card (``{}`` when there is none or it does not parse)."""
     import yaml
 
     if not readme.is_file():
-        return None
-    text = readme.read_text(errors="replace")
-    m = re.match(r"---\s*\n(.*?)\n---", text, re.S)
+        return {}
+    m = re.match(r"---\s*\n(.*?)\n---", readme.read_text(errors="replace"), re.S)
     if not m:
-        return None
+        return {}
     try:
         meta = yaml.safe_load(m.group(1)) or {}
     except yaml.YAMLError:
-        return None
-    value = meta.get(key) if isinstance(meta, dict) else None
-    return None if value is None else str(value)
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _base_model(stages: list[dict[str, Any]], model_dir: Path, config: Any) -> dict[str, Any]:
-    """What the run started from: ``{"name", "hub_id", "license", "folder"}`` (unknowns None)."""
+    """What the run started from: ``{"name", "hub_id", "revision", "folder", "builtin", "license",
+    "license_name", "license_link"}`` (unknowns None).
+
+    The convert recipe's ``model.source`` says it (an alias, a Hub id, an absolute local folder, or
+    ``builtin:NAME``); the base config's ``_name_or_path`` (the folder convert read) cross-checks it: a
+    Hub download is read from the Hub cache (``models--ORG--NAME/snapshots/...``), so a source shaped like
+    ``a/b`` whose base was read from any other folder was a local relative path, not a Hub id. Runs that
+    recorded no source fall back to ``_name_or_path`` alone. ``hub_id`` is only ever a real Hub id."""
+    from sleepify.convert import BUILTIN_PREFIX
     from sleepify.models.registry import ALIASES
 
-    source = ""
+    source, revision = "", None
     for st in stages:
         if st.get("stage") == "convert":
-            source = str(((st.get("recipe") or {}).get("model") or {}).get("source") or "")
-    info: dict[str, Any] = {"name": source or None, "hub_id": None, "license": None, "folder": None}
+            model = (st.get("recipe") or {}).get("model") or {}
+            source, revision = str(model.get("source") or ""), model.get("revision")
+    base_cfg = getattr(config, "base_config", {}) or {}
+    name_or_path = str(base_cfg.get("_name_or_path") or "")
+    cached = HUB_CACHE.search(name_or_path)
+    cached_id = f"{cached.group(1)}/{cached.group(2)}" if cached else None
+    info: dict[str, Any] = dict.fromkeys(
+        ("name", "hub_id", "revision", "folder", "builtin", "license", "license_name", "license_link")
+    )
     alias = ALIASES.get(source.lower()) if source else None
     if alias is not None:
         info["hub_id"] = alias.hub_id
-    elif (
-        source and source.count("/") == 1 and not Path(source).exists() and not source.startswith((".", "/"))
-    ):
+    elif source.startswith(BUILTIN_PREFIX):
+        info["builtin"] = source
+    elif source and hub_repo_id(source) and (cached_id is not None or not name_or_path):
         info["hub_id"] = source
-    elif source and Path(source).is_dir():
+    elif source:
         info["folder"] = source
-    base_cfg = getattr(config, "base_config", {}) or {}
-    name_or_path = str(base_cfg.get("_name_or_path") or "")
-    if info["hub_id"] is None and name_or_path:
-        cached = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", name_or_path)  # a Hub cache snapshot
-        if cached:
-            info["hub_id"] = f"{cached.group(1)}/{cached.group(2)}"
-        elif name_or_path.count("/") == 1 and not Path(name_or_path).exists():
-            info["hub_id"] = name_or_path
-        elif Path(name_or_path).is_dir() and info["folder"] is None:
-            info["folder"] = name_or_path
-    if info["name"] is None:
-        info["name"] = info["hub_id"] or (Path(info["folder"]).name if info["folder"] else None)
-    # license: the base config or a model card next to the source / the run, else unknown
-    lic = base_cfg.get("license")
-    for folder in (info["folder"], model_dir):
-        if lic is None and folder:
-            lic = _front_matter_value(Path(folder) / "README.md", "license")
-    info["license"] = lic
+    elif cached_id is not None:
+        info["hub_id"] = cached_id
+    elif name_or_path:
+        info["folder"] = name_or_path
+    if info["hub_id"] is not None:
+        info["revision"] = revision
+    info["name"] = (
+        info["hub_id"] or info["builtin"] or (Path(info["folder"]).name if info["folder"] else None)
+    )
+    # license: the base config, else the model card of the base folder (a local source, or the Hub
+    # snapshot convert read), else a card next to the exported model
+    info["license"] = base_cfg.get("license")
+    folders = [info["folder"], name_or_path, model_dir]
+    for folder in folders:
+        if info["license"] is not None or not folder:
+            continue
+        meta = _front_matter(Path(folder) / "README.md")
+        if meta.get("license") is not None:
+            info["license"] = str(meta["license"])
+            for key in ("license_name", "license_link"):
+                if meta.get(key) is not None:
+                    info[key] = str(meta[key])
+    if info["license"] is not None:
+        info["license"] = str(info["license"])
     return info
 
 
 def _datasets(stages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """``(hub dataset ids, descriptions of local datasets)`` the training stages used."""
+    """``(Hub dataset ids, descriptions of local datasets)`` the training stages used. A ``data.path`` is a
+    Hub id only when :func:`hub_repo_id` says so and it is not a data file name."""
     hub, local = [], []
     for st in stages:
         path = str(((st.get("recipe") or {}).get("data") or {}).get("path") or "")
@@ -306,11 +379,63 @@ def _datasets(stages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
                     m = json.loads(meta.read_text())
                     task = m.get("task") or m.get("name")
             desc = f"{st.get('stage')}: `{p.name}`" + (f" (sleepify data {task})" if task else " (local)")
-            if desc not in local:
-                local.append(desc)
-        elif path.count("/") == 1 and path not in hub:
-            hub.append(path)
+        elif not path.lower().endswith(DATA_FILE_SUFFIXES) and hub_repo_id(path):
+            if path not in hub:
+                hub.append(path)
+            continue
+        else:
+            desc = f"{st.get('stage')}: `{path}` (local, not found at export time)"
+        if desc not in local:
+            local.append(desc)
     return hub, local
+
+
+def _mixer_kinds(config: Any) -> list[str]:
+    """The mixer of every block of ``block_plan`` (``full_attention``, ``sliding_attention``, ``jet``,
+    ``gdn``): the plan's ``mixer`` fields, else the base family's layer plan."""
+    plan = list(getattr(config, "block_plan", None) or [])
+    kinds = [str(e.get("mixer") or ("jet" if e.get("type") == "jet" else "")) for e in plan]
+    if plan and not all(kinds):
+        with contextlib.suppress(Exception):
+            from sleepify.models.hybrid.families import layer_plan
+
+            base = [info.kind for info in layer_plan(config.build_base_config())]
+            kinds = [k or base[int(e["index"])] for k, e in zip(kinds, plan, strict=True)]
+    return kinds
+
+
+def card_tags(config: Any) -> list[str]:
+    """The card's tags: ``sleepify``, ``custom_code`` (the modeling code ships with the model),
+    ``sleep-hybrid``, the base family, and the mixers present (``ssm-attention-hybrid`` and
+    ``gated-delta-rule`` for any SSM mixer, ``jet-block`` only when there are Jet layers)."""
+    tags = ["sleepify", "custom_code", "sleep-hybrid"]
+    base_type = getattr(config, "base_model_type", "") or ""
+    if base_type:
+        tags.append(base_type)
+    kinds = set(_mixer_kinds(config))
+    if kinds & {"jet", "gdn"}:
+        tags += ["ssm-attention-hybrid", "gated-delta-rule"]
+    if "jet" in kinds:
+        tags.append("jet-block")
+    return tags
+
+
+def card_metadata(config: Any, stages: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
+    """The card's front matter, as the Hub reads it (``huggingface_hub.ModelCardData``)."""
+    from huggingface_hub import ModelCardData
+
+    hub_ds, _ = _datasets(stages)
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        base_model=base.get("hub_id") or None,
+        license=base.get("license") or "unknown",
+        license_name=base.get("license_name") if base.get("license") == "other" else None,
+        license_link=base.get("license_link") if base.get("license") == "other" else None,
+        datasets=hub_ds or None,
+        tags=card_tags(config),
+    )
+    return data.to_dict()
 
 
 def model_card(
@@ -322,35 +447,45 @@ def model_card(
     repo_id: str | None = None,
     dtype: str = "float32",
     run_name: str | None = None,
+    folder: str | Path | None = None,
 ) -> str:
-    """The README.md of an export (front matter + body)."""
-    import yaml
+    """The README.md of an export: front matter (:func:`card_metadata`) + body. The usage snippet loads
+    ``repo_id`` (the Hub repo it is pushed to), else ``folder`` (the export folder), as written."""
+    from huggingface_hub import ModelCardData
 
-    hub_ds, local_ds = _datasets(stages)
+    _, local_ds = _datasets(stages)
     base_type = getattr(config, "base_model_type", "") or ""
-    front: dict[str, Any] = {"library_name": "sleepify"}
-    if base.get("hub_id"):
-        front["base_model"] = base["hub_id"]
-    front["license"] = base.get("license") or "unknown"
-    front["pipeline_tag"] = "text-generation"
-    tags = ["sleepify", "sleep-capable", "ssm-attention-hybrid", "gated-delta-rule", "jet-block"]
-    if base_type:
-        tags.append(base_type)
-    front["tags"] = tags
-    if hub_ds:
-        front["datasets"] = hub_ds
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
+    kinds = _mixer_kinds(config)
+    plan = list(getattr(config, "block_plan", None) or [])
+    jet_blocks = [i for i, e in enumerate(plan) if e.get("type") == "jet"]
+    base_ssm = sum(
+        1 for k, e in zip(kinds, plan, strict=False) if e.get("type") == "base" and k in ("jet", "gdn")
+    )
+    meta = card_metadata(config, stages, base)
+    lines = ["---", ModelCardData(**meta).to_yaml().strip(), "---", ""]
     title = repo_id.split("/")[-1] if repo_id else (run_name or base.get("name") or "sleep-capable model")
     start, end = config.loop_range
+    if base.get("hub_id"):
+        made_from = f"[`{base['hub_id']}`](https://huggingface.co/{base['hub_id']})"
+    elif base.get("builtin"):
+        made_from = f"the built-in `{base['builtin']}` (initialised from scratch)"
+    elif base.get("folder"):
+        made_from = f"the local model folder `{base['folder']}`"
+    else:
+        made_from = "a base model"
+    state = (
+        "inserted MLP-free Jet layers (gated delta rule + dynamic convolution) carry a fixed-size state"
+        if jet_blocks
+        else ("its SSM layers carry a fixed-size state" if base_ssm else "the base layers carry the state")
+    )
     lines += [
         f"# {title}",
         "",
-        "A sleep-capable SSM-attention hybrid made with sleepify from "
-        + (f"`{base['hub_id']}`" if base.get("hub_id") else f"`{base.get('name') or 'a base model'}`")
-        + ' ("Language Models Need Sleep", arXiv 2605.26099). Attention sees a bounded window of '
-        f"L = {config.sleep_window} tokens; MLP-free Jet layers (gated delta rule + dynamic convolution) "
-        f"carry a fixed-size state. When a window is full the model *sleeps*: N = {config.sleep_passes} "
-        "passes of its looped blocks over the window update the state, then the KV cache is evicted.",
+        f"A sleep-capable SSM-attention hybrid made with sleepify from {made_from} "
+        '("Language Models Need Sleep", arXiv 2605.26099). Attention sees a bounded window of '
+        f"L = {config.sleep_window} tokens; {state}. When a window is full the model *sleeps*: "
+        f"N = {config.sleep_passes} passes of its looped blocks over the window update the state, then the "
+        "KV cache is evicted.",
         "",
         "## Sleep settings",
         "",
@@ -361,13 +496,28 @@ def model_card(
         f"| sleep passes N (`sleep_passes`) | {config.sleep_passes} |",
         f"| wake passes (`wake_passes`) | {config.wake_passes} |",
         f"| eviction | {config.eviction} |",
-        f"| blocks / inserted Jet layers | {config.num_blocks} / {config.num_jet_layers} |",
-        f"| looped blocks | [{start}, {end}) |",
+        f"| blocks | {config.num_blocks} |",
+        f"| inserted Jet layers (block positions) | {len(jet_blocks)}"
+        + (f", at {jet_blocks}" if jet_blocks else "")
+        + " |",
+        f"| base SSM layers (Jet / GatedDeltaNet) | {base_ssm} |",
+        f"| looped blocks (`loop_start`, `loop_end`) | [{start}, {end}) |",
         f"| weights dtype | {dtype} |",
         "",
         "## How it was made",
         "",
     ]
+    if base.get("hub_id"):
+        source = f"the Hub model `{base['hub_id']}`" + (
+            f" (revision `{base['revision']}`)" if base.get("revision") else ""
+        )
+    elif base.get("builtin"):
+        source = f"`{base['builtin']}`, a built-in from-scratch config"
+    elif base.get("folder"):
+        source = f"the local folder `{base['folder']}` (not a Hub model, so no `base_model` in the metadata)"
+    else:
+        source = "unknown (no convert recipe was found)"
+    lines += [f"Converted from: {source}.", ""]
     if stages:
         lines += [
             "| # | stage | recipe sources | overrides | sleepify | created |",
@@ -403,22 +553,29 @@ def model_card(
         lines.append(_eval_table(eval_data).rstrip())
         for plot in eval_plots:
             lines += ["", f"![evaluation]({plot})"]
-    repo = repo_id or "ORG/NAME"
+    repo = repo_id or (str(folder) if folder is not None else "ORG/NAME")
     lines += [
         "",
         "## Usage",
         "",
+        "The modeling code ships with the model (`auto_map` in `config.json`), so loading needs only "
+        "`pip install torch transformers safetensors` and `trust_remote_code=True`; fla and flash-attn "
+        "kernels are used when they are installed.",
+        "",
         "```python",
-        "import sleepify  # registers the sleep_hybrid model type with transformers",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
-        f'tok = AutoTokenizer.from_pretrained("{repo}")',
-        'ids = tok("...", return_tensors="pt").input_ids',
-        "out = model.generate(ids, max_new_tokens=64)  # incremental decoding; sleeps at every full window",
+        f"model_id = {json.dumps(repo)}",
+        "model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=True)",
+        "tok = AutoTokenizer.from_pretrained(model_id)",
+        'ids = tok("The capital of France is", return_tensors="pt").input_ids',
+        "out = model.generate(ids, max_new_tokens=32)  # incremental decoding; sleeps at every full window",
+        "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))",
         "```",
         "",
-        "or from the command line: `sleepify generate " + repo + ' --prompt "..."`.',
+        "With sleepify installed (from its source repository: `pip install .` in a checkout; it is not on "
+        "PyPI), the model also loads without `trust_remote_code` after `import sleepify`, and the command "
+        f'line generates too: `sleepify generate {shlex.quote(repo)} --prompt "..."`.',
         "",
     ]
     return "\n".join(lines)
@@ -447,10 +604,20 @@ def export(
     overwrite: bool = False,
     runs_root: str | Path = "runs",
     log: Any = print,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
 ) -> ExportResult:
     """Export the model of ``source`` (see :func:`resolve_run`) into ``out``; then push it to the Hub when
-    ``push_to_hub`` (ORG/NAME) is given. ``dtype`` / ``max_shard_size`` / ``push_to_hub`` / ``private``
-    default to the run recipe's ``export`` section."""
+    ``push_to_hub`` (``ORG/NAME`` or a bare ``NAME``: the token owner's namespace) is given, with
+    ``private`` / ``token`` / ``revision`` / ``create_pr`` as :func:`sleepify.hub.push` takes them.
+    ``dtype`` / ``max_shard_size`` / ``push_to_hub`` / ``private`` default to the run recipe's ``export``
+    section. The card's usage snippet loads the Hub repo when pushing, else the folder ``out``.
+
+    Example::
+
+        result = export("runs/tiny", "exports/tiny-sleep", dtype="bf16", push_to_hub="tiny-sleep")
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -483,6 +650,16 @@ def export(
     stages = _stage_recipes(model_dir, run_dir)
     base = _base_model(stages, model_dir, model.config)
     eval_file = _find_eval(model_dir, run_dir)
+    card_repo = push_to_hub
+    if push_to_hub and "/" not in push_to_hub:
+        from sleepify.hub import resolve_repo_id
+
+        try:
+            card_repo = resolve_repo_id(push_to_hub, token)
+        except SleepifyError as err:  # the push after the export fails the same way, with its retry hint
+            card_repo = None
+            if log is not None:
+                log(f"warning: {err}; the card's usage snippet names the folder {out}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
@@ -517,7 +694,9 @@ def export(
                     shutil.copy2(png, tmp / "eval" / png.name)
                     plots.append(f"eval/{png.name}")
         run_name = run_dir.name if run_dir is not None else None
-        card = model_card(model.config, stages, base, eval_data, plots, push_to_hub, dtype_name, run_name)
+        card = model_card(
+            model.config, stages, base, eval_data, plots, card_repo, dtype_name, run_name, folder=out
+        )
         (tmp / "README.md").write_text(card)
         publish_folder(tmp, out)
     finally:
@@ -529,5 +708,13 @@ def export(
     if push_to_hub:
         from sleepify.hub import push
 
-        result.pushed = push(out, push_to_hub, private=private, log=log)
+        result.pushed = push(
+            out,
+            card_repo or push_to_hub,
+            private=private,
+            revision=revision,
+            token=token,
+            create_pr=create_pr,
+            log=log,
+        )
     return result

@@ -1,24 +1,36 @@
 """``sleepify push``: upload an exported model folder to the Hugging Face Hub through ``huggingface_hub``.
 
-``create_repo(exist_ok=True)`` (``private`` applies when the repo is created), ``create_branch`` for a
-``revision`` other than main, then ``upload_folder``. The token is ``HF_TOKEN`` or the saved login
-(``hf auth login``); ``huggingface_hub`` reads both. Every failure (offline, unreachable Hub, no or bad
-token, no permission) becomes one clear :class:`~sleepify.errors.SleepifyError` line, and the local folder
+As huggingface_hub users expect:
+
+- the repo is ``ORG/NAME``, or a bare ``NAME`` in the token owner's namespace (``HfApi.whoami``);
+- the token is ``token`` (``--token``), else ``HF_TOKEN`` or the saved login (``hf auth login``), which
+  ``huggingface_hub`` reads itself;
+- ``create_repo(exist_ok=True)``; ``private=True`` makes a new repo private *and* an existing public repo
+  private (``update_repo_settings``, logged) before anything is uploaded. Without ``private`` the visibility
+  of an existing repo is left as it is (a private repo is never made public);
+- ``create_branch`` for a ``revision`` other than main, then one ``upload_folder`` commit to it, or, with
+  ``create_pr``, a pull request with that commit (the returned URL is the PR's).
+
+Every failure (offline, unreachable Hub, no or bad token, no permission) becomes one clear
+:class:`~sleepify.errors.SleepifyError` line that ends with the ``sleepify push`` command to retry, with the
+same flags (a token passed on the command line shows as ``--token ...``, never its value); the local folder
 is never modified.
+
+Example::
+
+    url = push("exports/tiny-sleep", "tiny-sleep", private=True, create_pr=True)
 """
 
 from __future__ import annotations
 
 import os
-import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
 from sleepify.errors import SleepifyError
 
-__all__ = ["push"]
-
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+__all__ = ["plan_push", "push", "resolve_repo_id", "retry_command"]
 
 
 def _short(err: BaseException) -> str:
@@ -27,22 +39,132 @@ def _short(err: BaseException) -> str:
 
 
 def _check(folder: Path, repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     if not (folder / "config.json").is_file():
         raise SleepifyError(f"{folder} is not a model folder (no config.json): run `sleepify export` first")
-    if not REPO_ID.match(repo_id):
-        raise SleepifyError(f"--repo must be ORG/NAME (a Hugging Face model repo id), got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise SleepifyError(
+            f"--repo must be ORG/NAME or NAME (a Hugging Face model repo id), got {repo_id!r}: {_short(err)}"
+        ) from None
 
 
-def plan_push(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
+def retry_command(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """The ``sleepify push`` command that repeats a push with the same flags (``--token ...`` stands for a
+    token given explicitly: its value is never printed).
+
+    Example::
+
+        >>> retry_command("out", "me/m", private=True, revision="v1", token="hf_secret")
+        'sleepify push out --repo me/m --private --revision v1 --token ...'
+    """
+    parts = ["sleepify", "push", shlex.quote(str(folder)), "--repo", shlex.quote(repo_id)]
+    if private:
+        parts.append("--private")
+    if revision:
+        parts += ["--revision", shlex.quote(revision)]
+    if create_pr:
+        parts.append("--create-pr")
+    if commit_message:
+        parts += ["--message", shlex.quote(commit_message)]
+    if token:
+        parts += ["--token", "..."]
+    return " ".join(parts)
+
+
+def plan_push(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
     """What :func:`push` would upload, as text (``sleepify push --dry-run``); the Hub is not contacted."""
     folder = Path(folder)
     _check(folder, repo_id)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in files)
-    where = repo_id + (f"@{revision}" if revision else "") + (" (private)" if private else "")
+    where = repo_id if "/" in repo_id else f"{repo_id} (in the token owner's namespace)"
+    where += (f"@{revision}" if revision else "") + (" (private)" if private else "")
+    if create_pr:
+        where += " as a pull request"
     return f"push: {len(files)} files ({size / 1e6:.1f} MB) from {folder} to {where}\n" + "\n".join(
         f"  {p.relative_to(folder)}" for p in files
     )
+
+
+def _fail(where: str, retry: str | None, err: BaseException) -> SleepifyError:
+    """One line for a failure to talk to the Hub (:func:`_is_transport_error`), ending with ``retry``."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    tail = f"; the export is untouched; retry with `{retry}`" if retry else ""
+    if isinstance(err, OfflineModeIsEnabled):
+        return SleepifyError(
+            f"cannot push to {where}: HF_HUB_OFFLINE is set{tail}" + (" when online" * bool(tail))
+        )
+    login = "pass --token, set HF_TOKEN or run `hf auth login`"
+    if isinstance(err, LocalTokenNotFoundError):
+        return SleepifyError(f"cannot push to {where}: no Hugging Face token ({login}){tail}")
+    if isinstance(err, HfHubHTTPError):
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        hint = (
+            f"the token is missing, invalid or cannot write there ({login})"
+            if status in (401, 403)
+            else _short(err)
+        )
+        return SleepifyError(f"cannot push to {where} (HTTP {status}): {hint}{tail}")
+    return SleepifyError(f"cannot reach the Hugging Face Hub to push {where} ({_short(err)}){tail}")
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(
+        err,
+        (
+            OfflineModeIsEnabled,
+            LocalTokenNotFoundError,
+            HfHubHTTPError,
+            ConnectionError,
+            TimeoutError,
+            OSError,
+        ),
+    ):
+        return True
+    # httpx / requests transport errors are not OSErrors
+    return type(err).__module__.startswith(("httpx", "httpcore", "requests", "urllib3"))
+
+
+def resolve_repo_id(repo_id: str, token: str | None = None) -> str:
+    """``ORG/NAME`` as it is; a bare ``NAME`` in the namespace of the token's owner (``HfApi.whoami``, as
+    ``huggingface_hub`` resolves it). A Hub failure raises a one-line :class:`SleepifyError`.
+
+    Example::
+
+        repo_id = resolve_repo_id("tiny-sleep")  # "me/tiny-sleep"
+    """
+    if "/" in repo_id:
+        return repo_id
+    from huggingface_hub import HfApi
+
+    try:
+        owner = HfApi(token=token or os.environ.get("HF_TOKEN") or None).whoami()["name"]
+    except Exception as err:
+        if not _is_transport_error(err):
+            raise
+        raise _fail(f"{repo_id} (the token owner's namespace)", None, err) from None
+    return f"{owner}/{repo_id}"
 
 
 def push(
@@ -52,53 +174,52 @@ def push(
     revision: str | None = None,
     token: str | None = None,
     commit_message: str | None = None,
+    create_pr: bool = False,
     log: Callable[[str], None] | None = print,
 ) -> str:
-    """Upload ``folder`` to the model repo ``repo_id`` (``ORG/NAME``); returns the repo URL."""
+    """Upload ``folder`` to the model repo ``repo_id`` (``ORG/NAME`` or a bare ``NAME``); returns the repo
+    URL, or the pull request's URL with ``create_pr`` (see the module docstring).
+
+    Example::
+
+        url = push("exports/tiny-sleep", "me/tiny-sleep", revision="v1", token="hf_...")
+    """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     folder = Path(folder)
     _check(folder, repo_id)
+    retry = retry_command(folder, repo_id, private, revision, create_pr, token, commit_message)
     token = token or os.environ.get("HF_TOKEN") or None
     api = HfApi(token=token)
-    where = f"{repo_id}" + (f"@{revision}" if revision else "")
-    retry = f"the export in {folder} is untouched; retry with `sleepify push {folder} --repo {repo_id}`"
+    where = repo_id + (f"@{revision}" if revision else "")
     try:
+        if "/" not in repo_id:  # a bare NAME: the token owner's namespace
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+            where = repo_id + (f"@{revision}" if revision else "")
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if private and not getattr(api.repo_info(repo_id, repo_type="model"), "private", True):
+            api.update_repo_settings(repo_id, private=True, repo_type="model")
+            if log is not None:
+                log(f"{repo_id} existed and was public: made it private (--private)")
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        api.upload_folder(
+        commit = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
             repo_type="model",
             revision=revision,
             commit_message=commit_message or f"Upload {folder.name} with sleepify",
+            create_pr=create_pr or None,
         )
-    except OfflineModeIsEnabled:
-        raise SleepifyError(f"cannot push to {where}: HF_HUB_OFFLINE is set; {retry} when online") from None
-    except LocalTokenNotFoundError:
-        raise SleepifyError(
-            f"cannot push to {where}: no Hugging Face token (set HF_TOKEN or run `hf auth login`); {retry}"
-        ) from None
-    except HfHubHTTPError as err:
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        if status in (401, 403):
-            hint = "the token is missing, invalid or cannot write there (set HF_TOKEN or run `hf auth login`)"
-        else:
-            hint = _short(err)
-        raise SleepifyError(f"cannot push to {where} (HTTP {status}): {hint}; {retry}") from None
-    except (ConnectionError, TimeoutError, OSError) as err:
-        raise SleepifyError(
-            f"cannot reach the Hugging Face Hub to push {where} ({_short(err)}); {retry}"
-        ) from None
-    except Exception as err:  # httpx / requests transport errors are not OSErrors
-        if type(err).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
-            raise SleepifyError(
-                f"cannot reach the Hugging Face Hub to push {where} ({_short(err)}); {retry}"
-            ) from None
-        raise
+    except Exception as err:
+        if not _is_transport_error(err):
+            raise
+        raise _fail(where, retry, err) from None
     url = str(url)
+    pr_url = getattr(commit, "pr_url", None) if create_pr else None
     if log is not None:
-        log(f"pushed {folder} to {url}" + (f" (revision {revision})" if revision else ""))
-    return url
+        if pr_url:
+            log(f"opened a pull request on {url} with {folder}: {pr_url}")
+        else:
+            log(f"pushed {folder} to {url}" + (f" (revision {revision})" if revision else ""))
+    return str(pr_url) if pr_url else url

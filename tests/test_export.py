@@ -7,12 +7,14 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import sleepify  # noqa: F401
@@ -22,6 +24,7 @@ from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.errors import SleepifyError
 from sleepify.export import export, read_provenance, resolve_run
 from tests.test_generation import build_tiny_run, perturb_jet
+from tests.test_remote_code import minimal_site  # noqa: F401  (a fixture)
 
 # a 1x1 PNG
 PNG = bytes.fromhex(
@@ -73,6 +76,23 @@ def front_matter(readme: Path) -> dict:
     return yaml.safe_load(m.group(1))
 
 
+def hub_metadata(readme: Path) -> dict:
+    """The card's metadata as huggingface_hub parses it, checked against the rules every export keeps
+    (``RepoCard.validate`` needs the Hub, so the rules are checked here)."""
+    card = ModelCard.load(readme)
+    meta = card.data.to_dict()
+    assert meta == front_matter(readme)  # plain YAML, nothing huggingface_hub reads differently
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert {"sleepify", "custom_code", "sleep-hybrid"} <= set(meta["tags"])
+    assert meta["license"]
+    if "base_model" in meta:
+        validate_repo_id(meta["base_model"])
+        assert meta["base_model"].count("/") == 1 and not Path(meta["base_model"]).exists()
+    for dataset in meta.get("datasets") or []:
+        validate_repo_id(dataset)
+    return meta
+
+
 def test_resolve_run(run: Path) -> None:
     assert resolve_run(run) == ((run / "train" / "model").resolve(), run.resolve())
     assert resolve_run(run / "warmup") == ((run / "warmup" / "model").resolve(), run.resolve())
@@ -110,10 +130,18 @@ def test_export_cli_folder_card_and_identical_logits(run: Path, tmp_path: Path) 
     assert torch.equal(a, b)
     assert AutoTokenizer.from_pretrained(out)("ab\n").input_ids == build_char_tokenizer()("ab\n").input_ids
 
-    meta = front_matter(out / "README.md")
-    assert meta["library_name"] == "sleepify" and meta["license"] == "apache-2.0"
-    assert "sleepify" in meta["tags"] and "qwen2" in meta["tags"]
+    meta = hub_metadata(out / "README.md")
+    assert meta["license"] == "apache-2.0"  # the base folder's card
+    assert "qwen2" in meta["tags"] and "jet-block" in meta["tags"]  # the base family; one Jet layer
+    # a converted local folder: no base_model, its path in the provenance (the convert recipe keeps it)
+    base = (run.parent.parent / "base").resolve()
+    assert "base_model" not in meta and "datasets" not in meta  # the training data is a local folder
+    assert read_provenance(run / "convert" / "recipe.yaml")["recipe"]["model"]["source"] == str(base)
     card = (out / "README.md").read_text()
+    assert f"Converted from: the local folder `{base}`" in card
+    assert "| inserted Jet layers (block positions) | 1, at [1] |" in card
+    assert "| looped blocks (`loop_start`, `loop_end`) | [0, 3) |" in card
+    assert "| eviction | hard |" in card and "| sleep passes N (`sleep_passes`) | 3 |" in card
     assert "Recipe chain: convert -> warmup -> train." in card
     assert "`sleep.passes=3`" in card and "`conversion.jet_layers=[0]`" in card  # overrides of the stages
     assert "| t | accuracy | loss | n |" in card and "| 4 | 0.625 | 0.4 | 8 |" in card
@@ -139,8 +167,9 @@ def test_export_bf16_and_no_eval(run: Path, tmp_path: Path) -> None:
     export(lone, out2, log=None)
     card = (out2 / "README.md").read_text()
     assert (
-        "No evaluation was recorded" in card and front_matter(out2 / "README.md")["license"] == "apache-2.0"
+        "No evaluation was recorded" in card and hub_metadata(out2 / "README.md")["license"] == "apache-2.0"
     )
+    assert "base_model" not in hub_metadata(out2 / "README.md")
     assert "Recipe chain: convert." in card
 
 
@@ -172,21 +201,33 @@ def test_export_is_atomic(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_export_push_to_hub(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw))
+        HfApi, "whoami", lambda self, **kw: calls.append(("whoami", self.token)) or {"name": "al"}
     )
     monkeypatch.setattr(
-        HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"], kw))
+        HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or repo_id
+    )
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kw: SimpleNamespace(private=True))
+    monkeypatch.setattr(
+        HfApi, "create_branch", lambda self, repo_id, **kw: calls.append(("branch", repo_id, kw))
+    )
+    monkeypatch.setattr(
+        HfApi,
+        "upload_folder",
+        lambda self, **kw: calls.append(("upload", kw["repo_id"], kw)) or SimpleNamespace(pr_url="PR-URL"),
     )
     out = tmp_path / "pushed"
-    result = CliRunner().invoke(
-        cli,
-        ["export", str(run), "--out", str(out), "--push-to-hub", "org/tiny-sleep", "--private"],
-        catch_exceptions=False,
-    )
+    args = ["export", str(run), "--out", str(out), "--push-to-hub", "tiny-sleep", "--private"]
+    args += ["--revision", "v1", "--create-pr", "--token", "hf_tok"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert [c[0] for c in calls] == ["create", "upload"]
-    assert calls[0][2]["private"] is True and Path(calls[1][2]["folder_path"]) == out
-    assert 'from_pretrained("org/tiny-sleep")' in (out / "README.md").read_text()
+    # the bare name is resolved once, before the card is written; then the push
+    assert [c[0] for c in calls] == ["whoami", "create", "branch", "upload"] and calls[0][1] == "hf_tok"
+    assert calls[1][1] == "al/tiny-sleep" and calls[1][2]["private"] is True
+    assert calls[2][2]["branch"] == "v1"
+    upload = calls[3][2]
+    assert Path(upload["folder_path"]) == out and upload["create_pr"] is True and upload["revision"] == "v1"
+    assert 'model_id = "al/tiny-sleep"' in (out / "README.md").read_text()
+    assert "PR-URL" in result.output
 
 
 def test_export_then_unreachable_hub_keeps_export(run: Path, tmp_path: Path, monkeypatch) -> None:
@@ -198,3 +239,144 @@ def test_export_then_unreachable_hub_keeps_export(run: Path, tmp_path: Path, mon
     assert result.exit_code != 0
     assert isinstance(result.exception, SleepifyError) and "HF_HUB_OFFLINE" in str(result.exception)
     assert (out / "config.json").is_file() and AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+# ------------------------------------------------------------------------------------------------ the card
+
+CACHED = "/hf/hub/models--Qwen--Qwen2.5-0.5B/snapshots/0123abcd"
+
+
+def convert_stage(source: str, revision: str | None = None) -> list[dict]:
+    return [{"stage": "convert", "recipe": {"model": {"source": source, "revision": revision}}}]
+
+
+@pytest.mark.parametrize(
+    ("source", "name_or_path", "hub_id"),
+    [
+        ("Qwen/Qwen2.5-0.5B", CACHED, "Qwen/Qwen2.5-0.5B"),  # a Hub id, read from the Hub cache
+        ("qwen2.5-0.5b", CACHED, "Qwen/Qwen2.5-0.5B"),  # an alias
+        ("Qwen/Qwen2.5-0.5B", "", "Qwen/Qwen2.5-0.5B"),  # no base path recorded: the shape decides
+        ("", CACHED, "Qwen/Qwen2.5-0.5B"),  # runs that recorded no source: the Hub cache path
+        ("rel/base", "rel/base", None),  # a relative local folder shaped like a Hub id
+        ("", "rel/base", None),  # the same in a run that recorded no source
+        ("/abs/base", "/abs/base", None),
+        ("../base", "../base", None),
+        ("~/models/base", "", None),
+        ("C:\\models\\base", "", None),
+        ("builtin:gdn-hybrid-4", "", None),
+    ],
+)
+def test_base_model_is_a_hub_id_or_nothing(source: str, name_or_path: str, hub_id: str | None) -> None:
+    from types import SimpleNamespace
+
+    from sleepify.export import _base_model
+
+    config = SimpleNamespace(base_config={"_name_or_path": name_or_path} if name_or_path else {})
+    info = _base_model(convert_stage(source, "main"), Path("/nonexistent-model"), config)
+    assert info["hub_id"] == hub_id, info
+    if hub_id is None:
+        assert info["revision"] is None and info["name"]
+        assert (info["builtin"] or info["folder"]) in (source or name_or_path, source)
+    else:
+        assert info["revision"] == "main" and info["folder"] is None
+
+
+def test_existing_local_folder_is_never_a_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sleepify.export import hub_repo_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    assert hub_repo_id("org/model") is None and hub_repo_id("org/other") == "org/other"
+    assert hub_repo_id("a/b/c") is None and hub_repo_id("a--b/c") is None and hub_repo_id("") is None
+
+
+def test_card_tags_reflect_the_content() -> None:
+    from types import SimpleNamespace
+
+    from sleepify.export import card_tags
+
+    def cfg(model_type: str, *mixers: str, jet: int = 0) -> SimpleNamespace:
+        plan = [{"type": "base", "index": i, "mixer": m} for i, m in enumerate(mixers)]
+        plan += [{"type": "jet", "index": j, "mixer": "jet"} for j in range(jet)]
+        return SimpleNamespace(base_model_type=model_type, block_plan=plan)
+
+    base = ["sleepify", "custom_code", "sleep-hybrid"]
+    ssm = ["ssm-attention-hybrid", "gated-delta-rule"]
+    assert card_tags(cfg("ouro", "full_attention", "full_attention")) == [*base, "ouro"]
+    assert card_tags(cfg("qwen2", "full_attention", jet=1)) == [*base, "qwen2", *ssm, "jet-block"]
+    assert card_tags(cfg("jet_nemotron", "jet", "full_attention")) == [
+        *base,
+        "jet_nemotron",
+        *ssm,
+        "jet-block",
+    ]
+    assert card_tags(cfg("sleep_scratch", "full_attention", "gdn")) == [*base, "sleep_scratch", *ssm]
+
+
+def test_card_datasets_are_hub_ids_only(tmp_path: Path) -> None:
+    from sleepify.export import _datasets
+
+    (tmp_path / "mine").mkdir()
+    stages = [
+        {"stage": stage, "recipe": {"data": {"path": path}}}
+        for stage, path in [
+            ("warmup", "HuggingFaceFW/fineweb-edu"),
+            ("train", str(tmp_path / "mine")),
+            ("train", "data/train.jsonl"),  # a local file that is gone: not a Hub id
+            ("train", "../gone"),
+        ]
+    ]
+    hub, local = _datasets(stages)
+    assert hub == ["HuggingFaceFW/fineweb-edu"]
+    assert local == [
+        "train: `mine` (local)",
+        "train: `data/train.jsonl` (local, not found at export time)",
+        "train: `../gone` (local, not found at export time)",
+    ]
+
+
+def test_card_of_a_hub_source(run: Path, tmp_path: Path) -> None:
+    """A model converted from a Hub id: base_model, the license of the Hub snapshot, the Hub link."""
+    lone = tmp_path / "lone"
+    shutil.copytree(run / "convert", lone)
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "README.md").write_text("---\nlicense: other\nlicense_name: qwen-research\n---\n")
+    recipe = (lone / "recipe.yaml").read_text()
+    recipe = re.sub(r"(?m)^  source: .*$", "  source: Qwen/Qwen2.5-0.5B", recipe)
+    (lone / "recipe.yaml").write_text(recipe)
+    config = json.loads((lone / "config.json").read_text())
+    config["base_config"]["_name_or_path"] = str(snapshot)
+    (lone / "config.json").write_text(json.dumps(config))
+    export(lone, tmp_path / "out", log=None)
+    meta = hub_metadata(tmp_path / "out" / "README.md")
+    assert meta["base_model"] == "Qwen/Qwen2.5-0.5B"
+    assert (meta["license"], meta["license_name"]) == ("other", "qwen-research")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Converted from: the Hub model `Qwen/Qwen2.5-0.5B`." in card
+    assert "[`Qwen/Qwen2.5-0.5B`](https://huggingface.co/Qwen/Qwen2.5-0.5B)" in card
+
+
+def test_card_usage_snippet_runs_as_written(run: Path, tmp_path: Path, minimal_site: Path) -> None:  # noqa: F811
+    """The card's Python block, run unchanged where only torch and transformers are importable."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "exported"
+    export(run, out, log=None)
+    card = (out / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert f'model_id = "{out}"' in snippet and "trust_remote_code=True" in snippet
+    assert "pip install torch transformers safetensors" in card and "pip install ." in card
+    (tmp_path / "snippet.py").write_text(snippet)
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "PYTHONPATH": str(minimal_site)}
+    proc = subprocess.run(
+        [sys.executable, "-S", str(tmp_path / "snippet.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() or proc.stdout == "\n"  # it printed the continuation

@@ -15,8 +15,18 @@ from sleepify.cli.common import dry_run_option, verbosity_options
     "--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="weights dtype (default: the recipe's)"
 )
 @click.option("--max-shard-size", help="largest safetensors shard, e.g. 2GB (default: the recipe's, 5GB)")
-@click.option("--push-to-hub", "push_to_hub", metavar="ORG/NAME", help="upload the export to this Hub repo")
-@click.option("--private", is_flag=True, default=None, help="create the Hub repo private")
+@click.option(
+    "--push-to-hub",
+    "push_to_hub",
+    metavar="ORG/NAME",
+    help="upload the export to this Hub repo (a bare NAME: the token owner's namespace)",
+)
+@click.option(
+    "--private", is_flag=True, default=None, help="make the Hub repo private (new, or existing and public)"
+)
+@click.option("--revision", help="Hub branch to push to (created if needed; default main)")
+@click.option("--create-pr", is_flag=True, help="push as a pull request instead of a commit to the branch")
+@click.option("--token", metavar="TOKEN", help="Hugging Face token (default: HF_TOKEN or the saved login)")
 @click.option(
     "--overwrite", is_flag=True, help="replace a non-empty --out folder (after the export completes)"
 )
@@ -29,6 +39,9 @@ def export(
     max_shard_size: str | None,
     push_to_hub: str | None,
     private: bool | None,
+    revision: str | None,
+    create_pr: bool,
+    token: str | None,
     overwrite: bool,
     dry_run: bool,
 ) -> None:
@@ -38,7 +51,18 @@ def export(
     if dry_run:
         from sleepify.export import plan_export
 
-        click.echo(plan_export(run, out, dtype=dtype, push_to_hub=push_to_hub, overwrite=overwrite))
+        click.echo(
+            plan_export(
+                run,
+                out,
+                dtype=dtype,
+                push_to_hub=push_to_hub,
+                overwrite=overwrite,
+                private=private,
+                revision=revision,
+                create_pr=create_pr,
+            )
+        )
         return
     api.export(
         run,
@@ -47,5 +71,8 @@ def export(
         max_shard_size=max_shard_size,
         push_to_hub=push_to_hub,
         private=private,
+        revision=revision,
+        create_pr=create_pr,
+        token=token,
         overwrite=overwrite,
     )
