@@ -1,7 +1,8 @@
 """Entry point of the ``sleepify`` command.
 
 Sub-commands live one per module in ``sleepify/cli/`` and are imported lazily, so ``sleepify --help``
-stays fast and a command's heavy imports (torch, transformers) only happen when it runs.
+stays fast and a command's heavy imports (torch, transformers) only happen when it runs. That also lets
+the CPU threading policy (``sleepify/threads.py``) take effect: it must be set before torch is imported.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 
 from sleepify import __version__
 from sleepify.errors import SleepifyError
+from sleepify.threads import apply_thread_policy
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
@@ -28,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "push": "sleepify.cli.push_cmd:push",
     "bench": "sleepify.cli.bench_cmd:bench",
     "quickstart": "sleepify.cli.quickstart_cmd:quickstart",
+    "doctor": "sleepify.cli.doctor_cmd:doctor",
 }
 
 
@@ -50,12 +53,19 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sleepify")
-def cli() -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for torch (OMP_NUM_THREADS); default: one per core, passive OpenMP wait",
+)
+def cli(threads: int | None) -> None:
     """Turn pretrained language models into sleep-capable SSM-attention hybrids."""
+    apply_thread_policy(threads)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a SleepifyError becomes one clear line on stderr and exit code 2."""
+    apply_thread_policy()  # before any command imports torch (the user's environment wins)
     try:
         cli.main(args=argv, prog_name="sleepify", standalone_mode=False)
     except click.exceptions.Abort:
