@@ -56,19 +56,11 @@ ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".gpu-wheels"
 SITE = WHEELS / "site"
 
-# what --build-wheels downloads: (requirement, binary?) -- binary ones for each CPython below
-WHEEL_REQUIREMENTS = [
-    "fla-core==0.6.0",
-    "flash-linear-attention==0.6.0",
-    "einops",
-    "pytest",
-    "pluggy",
-    "iniconfig",
-    "pydantic",
-    "annotated-types",
-    "typing-inspection",
-]
-BINARY_REQUIREMENTS = ["pydantic-core"]  # the version pydantic pins, resolved by --build-wheels
+# what --build-wheels downloads: pure-Python wheels at the versions installed here (tested with sleepify),
+# fla at its pin, and pydantic-core (compiled) for each CPython below
+PURE_WHEELS = ["fla-core==0.6.0", "flash-linear-attention==0.6.0", "einops", "pytest", "pluggy", "iniconfig",
+               "pydantic", "annotated-types", "typing-inspection", "typing-extensions"]  # fmt: skip
+BINARY_WHEELS = ["pydantic-core"]
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 
 # Ouro-1.4B (bench_convert.py writes the same config) and the models/ouro-1.4b recipe's Jet layers
@@ -108,65 +100,79 @@ TINY_OURO = {
 # carried wheels
 
 
+def _installed_version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def use_wheels() -> list[str]:
-    """Unpack the wheels in .gpu-wheels/ that fit this interpreter into .gpu-wheels/site (once) and
-    append it to sys.path and PYTHONPATH (for the step processes). Returns the wheels used."""
+    """Unpack the carried wheels this interpreter can use and lacks (or has older) into .gpu-wheels/site,
+    once, and put that folder first on sys.path and PYTHONPATH (the step processes inherit it).
+    Returns the wheels used."""
     wheels = sorted(WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
     if not wheels:
         return []
     try:
         from packaging.tags import sys_tags
+        from packaging.version import Version
 
         supported = {str(t) for t in sys_tags()}
-    except ImportError:  # packaging comes with transformers; without it take pure-Python wheels only
-        supported = {"py3-none-any", "py2.py3-none-any"}
+    except ImportError:  # packaging comes with transformers; without it take missing pure-Python wheels only
+        supported, Version = {"py3-none-any", "py2.py3-none-any"}, None
     used = []
     for wheel in wheels:
         parts = wheel.name[:-4].split("-")
+        dist, version = parts[0], parts[1]
         pys, abis, plats = parts[-3].split("."), parts[-2].split("."), parts[-1].split(".")
         if not any(f"{p}-{a}-{pl}" in supported for p in pys for a in abis for pl in plats):
             continue
+        have = _installed_version(dist.replace("_", "-"))
         marker = SITE / f".{wheel.name}.done"
+        if (
+            have is not None
+            and not marker.exists()
+            and (Version is None or Version(have) >= Version(version))
+        ):
+            continue  # the machine's own copy is as new: keep it
         if not marker.exists():
             SITE.mkdir(parents=True, exist_ok=True)
             with zipfile.ZipFile(wheel) as zf:
                 zf.extractall(SITE)
             marker.touch()
         used.append(wheel.name)
-    if str(SITE) not in sys.path:
-        sys.path.append(str(SITE))  # appended: what the machine has installed wins
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in parts if p != str(ROOT)], str(SITE)])
+    if used and str(SITE) not in sys.path:
+        sys.path.insert(1, str(SITE))
+    keep = [
+        p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in (str(ROOT), str(SITE))
+    ]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([str(SITE)] if used else []), *keep])
     return used
 
 
 def build_wheels() -> None:
     """Download the wheels the GPU machine lacks into .gpu-wheels/ (run where PyPI is reachable)."""
     WHEELS.mkdir(exist_ok=True)
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(WHEELS)]
-    subprocess.run([*pip, "--only-binary=:all:", *WHEEL_REQUIREMENTS], check=True)
-    from importlib.metadata import requires
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(WHEELS)]
 
-    try:  # the pydantic-core version the downloaded pydantic pins
-        pin = next(r for r in requires("pydantic") or [] if r.startswith("pydantic-core"))
-        core = pin.split(";")[0].replace(" ", "")
-    except Exception:
-        core = BINARY_REQUIREMENTS[0]
-    for version in PYTHONS:
-        subprocess.run(
-            [
-                *pip,
-                "--only-binary=:all:",
-                "--platform",
-                "manylinux2014_x86_64",
-                "--python-version",
-                version,
-                "--implementation",
-                "cp",
-                core,
-            ],
-            check=True,
-        )
+    def pinned(req: str) -> str:
+        have = None if "==" in req else _installed_version(req)
+        return f"{req}=={have}" if have else req
+
+    subprocess.run([*pip, *(pinned(r) for r in PURE_WHEELS)], check=True)
+    for python in PYTHONS:
+        platform_args = [
+            "--platform",
+            "manylinux2014_x86_64",
+            "--python-version",
+            python,
+            "--implementation",
+            "cp",
+        ]
+        subprocess.run([*pip, *platform_args, *(pinned(r) for r in BINARY_WHEELS)], check=True)
     size = sum(p.stat().st_size for p in WHEELS.glob("*.whl"))
     print(f"{len(list(WHEELS.glob('*.whl')))} wheels, {size / 2**20:.1f} MiB in {WHEELS} (limit 64 MiB)")
 

@@ -66,11 +66,14 @@ def test_carried_wheels_are_unpacked_and_importable(tmp_path: Path, monkeypatch,
         zf.writestr("carried_pkg_xyz/__init__.py", "VALUE = 42\n")
     with zipfile.ZipFile(wheels / "other_pkg_xyz-1.0-cp27-cp27m-win32.whl", "w") as zf:  # wrong platform
         zf.writestr("other_pkg_xyz/__init__.py", "")
+    with zipfile.ZipFile(wheels / "pytest-0.1-py3-none-any.whl", "w") as zf:  # older than the installed one
+        zf.writestr("pytest/__init__.py", "")
     monkeypatch.setattr(gpu_check, "WHEELS", wheels)
     monkeypatch.setattr(gpu_check, "SITE", wheels / "site")
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("PYTHONPATH", "")
     assert gpu_check.use_wheels() == ["carried_pkg_xyz-1.0-py3-none-any.whl"]
     assert importlib.import_module("carried_pkg_xyz").VALUE == 42
-    assert sys.path[-1] == str(wheels / "site")  # appended: installed packages win
+    assert str(wheels / "site") in sys.path
+    assert not (wheels / "site" / "pytest").exists()  # the machine's newer pytest is kept
     sys.modules.pop("carried_pkg_xyz", None)
