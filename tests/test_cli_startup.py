@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.utils import make_default_short_help
 
 from sleepify.threads import DEFAULT_WAIT_POLICY, apply_thread_policy
 
@@ -27,14 +28,29 @@ def _python(code: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_cli_help_imports_no_torch() -> None:
-    # every command's help (the CLI reference walks them all) without torch, transformers or datasets
+    # every command's help (the CLI reference walks them all) without torch, transformers, datasets or
+    # pydantic (the recipe schema loads when a recipe is read)
     out = _python(
         "import sys, json\n"
         "from sleepify.cli.reference import cli_reference\n"
         "cli_reference()\n"
-        "print(json.dumps([m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]))\n"
+        "heavy = ('torch', 'transformers', 'datasets', 'pydantic')\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
     )
     assert json.loads(out) == []
+
+
+def test_listed_summaries_match_the_commands_help() -> None:
+    import click
+
+    from sleepify.cli.main import COMMANDS, SUMMARIES, cli
+
+    assert set(SUMMARIES) == set(COMMANDS)
+    ctx = click.Context(cli, info_name="sleepify")
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        for limit in (45, 80, 300):
+            assert make_default_short_help(SUMMARIES[name], limit) == command.get_short_help_str(limit), name
 
 
 def test_model_types_register_once_transformers_is_imported() -> None:

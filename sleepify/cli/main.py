@@ -11,6 +11,7 @@ import importlib
 import sys
 
 import click
+from click.utils import make_default_short_help
 
 from sleepify import __version__
 from sleepify.errors import SleepifyError
@@ -33,6 +34,29 @@ COMMANDS: dict[str, str] = {
     "doctor": "sleepify.cli.doctor_cmd:doctor",
 }
 
+# The first paragraph of each command's help, so `sleepify --help` lists the commands without importing
+# them (a stage module imports the recipe schema: pydantic, ~0.7 s). tests/test_cli_startup.py checks that
+# these match the commands' own help.
+SUMMARIES: dict[str, str] = {
+    "bench": "Benchmark decoding of MODEL_DIR (default: a small converted Qwen2 built in a temp folder).",
+    "convert": "Convert MODEL (alias such as ouro-1.4b, Hub id ORG/NAME, or local folder) into a "
+    "sleep-capable hybrid.",
+    "data": "Generate a task dataset (rule110, depo, gsm-infinite) or prepare any dataset (prepare).",
+    "doctor": "Show versions, devices and the backend of every op here; check each against the torch "
+    "reference.",
+    "eval": "Exact-match accuracy and mean answer-token loss per difficulty bucket on the held-out split.",
+    "export": "Export RUN (a run folder, a stage's model folder; default: runs/latest) to --out.",
+    "generate": "Generate from a sleep-capable model folder (an export, a stage's model, or runs/latest).",
+    "models": "List the model aliases `sleepify convert` accepts (a Hub id or a local folder also works).",
+    "push": "Upload DIR (a `sleepify export` folder) to the Hub; the token is HF_TOKEN or the saved login.",
+    "quickstart": "Run data -> convert -> warmup -> train -> eval -> export -> generate on a tiny embedded "
+    "model (CPU).",
+    "recipes": "List, show and validate recipes.",
+    "train": "Full sleep fine-tuning with N sleep passes at every window boundary.",
+    "warmup": "SSM-only warm-up: train only the inserted Jet layers (or the SSM layers of a model without "
+    "insertions; train.trainable overrides), hard eviction, N sleep passes.",
+}
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -49,6 +73,21 @@ class LazyGroup(click.Group):
                 raise
             return getattr(module, attr)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, but from SUMMARIES: listing the commands imports none of them."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name in SUMMARIES:
+                rows.append((name, make_default_short_help(SUMMARIES[name], limit)))
+            elif (command := self.get_command(ctx, name)) is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
