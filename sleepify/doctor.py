@@ -39,7 +39,7 @@ PACKAGES = (
 
 # max |got - ref| / max |ref| against the float64 reference. float32 allows for TF32 matmuls in Triton
 # kernels (fla's tl.dot default), bf16 for its 8-bit mantissa over a 128-token recurrence.
-TOLERANCE = {"float64": 1e-6, "float32": 2e-3, "float16": 1e-2, "bfloat16": 5e-2}
+TOLERANCE = {"float64": 1e-6, "float32": 2e-3, "float16": 1e-2, "bfloat16": 3e-2}
 
 
 def versions() -> dict[str, str | None]:
@@ -95,6 +95,9 @@ class Case:
     tokens: int
     inputs: Callable[[], dict]  # float64 CPU tensors (keyword arguments of run)
     run: Callable[..., tuple]  # (backend, **inputs) -> output tensors
+    fp32: tuple[
+        str, ...
+    ] = ()  # inputs the layers always pass in float32 (gates, weights), whatever the dtype
 
 
 def _gen(seed: int):
@@ -219,12 +222,12 @@ def _attn_run(backend: str, **x) -> tuple:
 
 
 CASES: tuple[Case, ...] = (
-    Case("gated_delta_rule", "prefill / training", True, 128, _gdr_inputs(128), _gdr_run),
-    Case("gated_delta_rule", "decode", False, 1, _gdr_inputs(1), _gdr_run),
+    Case("gated_delta_rule", "prefill / training", True, 128, _gdr_inputs(128), _gdr_run, ("g", "beta")),
+    Case("gated_delta_rule", "decode", False, 1, _gdr_inputs(1), _gdr_run, ("g", "beta")),
     Case("dynamic_conv", "sequence", True, 64, _dconv_inputs, _dconv_run),
     Case("dynamic_conv_step", "step", False, 1, _dconv_step_inputs, _dconv_step_run),
     Case("short_conv", "sequence", True, 32, _short_conv_inputs, _short_conv_run),
-    Case("gated_rmsnorm", "forward", True, 16, _norm_inputs, _norm_run),
+    Case("gated_rmsnorm", "forward", True, 16, _norm_inputs, _norm_run, ("weight",)),
     Case("window_attention", "prefill / training", True, 64, _attn_inputs(64, 64), _attn_run),
     Case("window_attention", "decode", False, 1, _attn_inputs(1, 40), _attn_run),
 )
@@ -246,7 +249,8 @@ def _outputs_and_grads(case: Case, backend: str, inputs: dict, device: str, dtyp
     moved = {}
     for key, value in inputs.items():
         if isinstance(value, torch.Tensor):
-            value = value.to(device, dtype if value.is_floating_point() else value.dtype)
+            to = dtype if value.is_floating_point() else value.dtype
+            value = value.to(device, torch.float32 if key in case.fp32 and dtype != torch.float64 else to)
             if case.grad and value.is_floating_point():
                 value.requires_grad_(True)
         moved[key] = value

@@ -17,7 +17,6 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 
@@ -44,14 +43,18 @@ class BackendUnavailableError(ValueError, RuntimeError):
     RuntimeError, so callers written against either keep working)."""
 
 
-@cache
+_AVAILABLE: dict[str, bool] = {}  # a plain dict, not functools.cache: torch.compile traces a dict lookup
+
+
 def module_available(name: str) -> bool:
     """Whether ``name`` imports (flash-attn needs its compiled CUDA extension; fla needs triton)."""
-    try:
-        importlib.import_module(name)
-    except Exception:  # ImportError, or an extension built against another torch
-        return False
-    return True
+    if name not in _AVAILABLE:
+        try:
+            importlib.import_module(name)
+            _AVAILABLE[name] = True
+        except Exception:  # ImportError, or an extension built against another torch
+            _AVAILABLE[name] = False
+    return _AVAILABLE[name]
 
 
 def interpreter_on() -> bool:
