@@ -1,6 +1,6 @@
 """CPU threading under load: ``sleepify quickstart --quick`` on a quiet machine and next to one busy process.
 
-Usage: ``python benchmarks/bench_threads.py [--repeats 1] [--policies cli,torch-default,threads-1]``
+Usage: ``python benchmarks/bench_threads.py [--repeats 2] [--policies cli,torch-default,threads-1]``
 
 Each run is a fresh process (OpenMP reads its environment once, when torch loads it):
 
@@ -76,28 +76,35 @@ def run_once(policy: str, loaded: bool, timeout: float) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--policies", default="cli,torch-default,threads-1")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the best is reported")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds (runs per cell); the best is reported")
     parser.add_argument("--timeout", type=float, default=240, help="seconds before a run counts as '>'")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     policies = args.policies.split(",")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# quickstart --quick, {os.cpu_count()} cores, load average before: {load:.2f}")
+    print(f"# quickstart --quick, {os.cpu_count()} cores, load average before: {load:.2f}", flush=True)
+    # rounds interleave the policies, so a change in the machine's background load hits each alike
+    times: dict[str, dict[str, list[float | None]]] = {p: {"quiet": [], "loaded": []} for p in policies}
+    for _ in range(args.repeats):
+        for policy in policies:
+            for loaded in (False, True):
+                times[policy]["loaded" if loaded else "quiet"].append(run_once(policy, loaded, args.timeout))
     results: dict[str, dict[str, float | None]] = {}
+    print("\n| policy | quiet (s) | next to one busy process (s) | loaded / quiet |\n|---|---:|---:|---:|")
     for policy in policies:
-        cell: dict[str, float | None] = {}
-        for loaded in (False, True):
-            times = [run_once(policy, loaded, args.timeout) for _ in range(args.repeats)]
-            done = [t for t in times if t is not None]
-            cell["loaded" if loaded else "quiet"] = min(done) if done else None
+        cell = {k: min((t for t in v if t is not None), default=None) for k, v in times[policy].items()}
         results[policy] = cell
         quiet, loaded_s = cell["quiet"], cell["loaded"]
         ratio = f"{loaded_s / quiet:.2f}" if quiet and loaded_s else f"> {args.timeout / (quiet or 1):.1f}"
         shown = [f"{v:.1f}" if v is not None else f"> {args.timeout:.0f}" for v in (quiet, loaded_s)]
         target = " (target <= 1.5)" if policy == "cli" else ""
-        print(f"| {policy} | {shown[0]} s | {shown[1]} s | {ratio}{target} |", flush=True)
+        print(f"| {policy} | {shown[0]} | {shown[1]} | {ratio}{target} |", flush=True)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nload average after: {load_after:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"cores": os.cpu_count(), "load_before": load, "results": results}))
+        args.json.write_text(
+            json.dumps({"cores": os.cpu_count(), "load_before": load, "results": results, "runs": times})
+        )
 
 
 if __name__ == "__main__":

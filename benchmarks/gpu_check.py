@@ -585,12 +585,12 @@ class Step:
 
 
 STEPS = (
-    Step("doctor", "sleepify doctor: backends and self-check", 40, 30, False, step_doctor),
-    Step("pytest", "pytest -m cuda (CUDA-only tests, compiled Triton)", 150, 40, True, step_pytest),
+    Step("doctor", "sleepify doctor: backends and self-check", 60, 40, False, step_doctor),
+    Step("pytest", "pytest -m cuda (CUDA-only tests, compiled Triton)", 150, 30, True, step_pytest),
     Step("kernels", "kernel parity + speed at Ouro-1.4B shapes", 60, 25, True, step_kernels),
-    Step("train", "bf16 train step, Ouro-1.4B-shaped hybrid, N=1,4, L=2000", 110, 30, True, step_train),
-    Step("decode", "decode latency at 1k / 16k vs base with full KV cache", 50, 15, True, step_decode),
-    Step("compile", "decode latency with torch.compile", 70, 0, True, step_compile),
+    Step("train", "bf16 train step, Ouro-1.4B-shaped hybrid, N=1,4, L=2000", 100, 30, True, step_train),
+    Step("decode", "decode latency at 1k / 16k vs base with full KV cache", 45, 15, True, step_decode),
+    Step("compile", "decode latency with torch.compile", 65, 0, True, step_compile),
 )
 TOTAL_LIMIT_S = 480  # the target: the whole suite in under 8 minutes
 HARD_FACTOR = 1.5  # a step is killed after HARD_FACTOR x its budget ...
@@ -615,6 +615,8 @@ def plan(quick: bool) -> str:
         "",
         f"total budget: {total} s (target < {TOTAL_LIMIT_S} s). A step is killed at {HARD_FACTOR:g}x its "
         f"budget and the suite stops at {DEADLINE_S} s (--deadline); later steps are reported as not run.",
+        "On a GPU machine without network: copy the tree with .gpu-wheels/ (--build-wheels makes it), then",
+        "PYTHONPATH=. python3 benchmarks/gpu_check.py --out DIR  (DIR/report.md, DIR/report.json)",
     ]
     return "\n".join(lines)
 
