@@ -2,7 +2,10 @@
 
 Importing the package registers sleepify's model types (Ouro, Jet-Nemotron and the sleep-capable
 hybrid) with transformers' Auto classes, so ``AutoModelForCausalLM.from_pretrained`` loads them
-without ``trust_remote_code``.
+without ``trust_remote_code``. The registration imports torch and transformers (seconds), so it is
+deferred until transformers is imported: at once when it already is, else right after ``import
+transformers`` finishes (every way to load a model goes through it). ``import sleepify`` alone, and so
+``sleepify --help``, stays cheap. ``register_models()`` registers explicitly.
 
 The stages are functions (docs/python-api.md): ``sleepify.convert``, ``warmup``, ``train``,
 ``evaluate``, ``export``, ``generate``, ``push`` and ``plan`` (a dry run), loaded on first use so that
@@ -11,6 +14,9 @@ The stages are functions (docs/python-api.md): ``sleepify.convert``, ``warmup``,
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
 import sys
 import types
 from typing import Any
@@ -40,8 +46,6 @@ class _Package(types.ModuleType):
 
 def __getattr__(name: str) -> Any:
     if name in _CALLABLE_MODULES:
-        import importlib
-
         return importlib.import_module(f"{__name__}.{name}")
     if name in API:
         from sleepify import api
@@ -53,16 +57,30 @@ def __getattr__(name: str) -> Any:
 sys.modules[__name__].__class__ = _Package
 
 
-def _register_models() -> None:
-    # Model packages register themselves on import; missing ones (during development) are skipped.
-    import importlib
+_MODEL_PACKAGES = (
+    "sleepify.models.ouro",
+    "sleepify.models.jet_nemotron",
+    "sleepify.models.scratch",
+    "sleepify.models.hybrid",
+)
+_registered = False
 
-    for name in (
-        "sleepify.models.ouro",
-        "sleepify.models.jet_nemotron",
-        "sleepify.models.scratch",
-        "sleepify.models.hybrid",
-    ):
+
+def register_models() -> None:
+    """Register sleepify's model types with transformers' Auto classes (idempotent; imports torch).
+
+    Example::
+
+        import sleepify
+        sleepify.register_models()
+        AutoModelForCausalLM.from_pretrained("runs/latest/model")
+    """
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    # Model packages register themselves on import; missing ones (during development) are skipped.
+    for name in _MODEL_PACKAGES:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
@@ -70,4 +88,27 @@ def _register_models() -> None:
                 raise
 
 
-_register_models()
+class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):
+    """Finds ``transformers`` through the other finders and runs ``register_models`` after it executed."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None):  # noqa: ANN201
+        if fullname != "transformers":
+            return None
+        sys.meta_path.remove(self)  # one shot; also keeps the lookup below from finding this finder
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module: object) -> None:
+            exec_module(module)
+            register_models()
+
+        spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        return spec
+
+
+if "transformers" in sys.modules:
+    register_models()
+elif not any(isinstance(f, _RegisterAfterTransformers) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterTransformers())

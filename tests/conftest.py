@@ -46,6 +46,14 @@ FIXTURES = SHARED / "fixtures"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests whose skip condition names CUDA carry the ``cuda`` marker, so ``pytest -m cuda`` selects every
+    test that exercises a GPU path (benchmarks/gpu_check.py runs exactly those on a GPU machine)."""
+    for item in items:
+        if any("CUDA" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sleepify.cli.output import configure_logging, echo_info, progress_enabled  # noqa: F401  (re-exported)
-from sleepify.config import ResolvedRecipe, load_recipe
+
+if TYPE_CHECKING:  # the recipe schema (pydantic) loads only when a command runs, not for --help
+    from sleepify.config import ResolvedRecipe
 
 
 def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,6 +31,8 @@ def resolve(
     recipes: tuple[str, ...], overrides: tuple[str, ...], shorthands: dict[str, Any] | None = None
 ) -> ResolvedRecipe:
     """Load the recipes, then apply overrides; flag shorthands (e.g. ``--N``) come last and win."""
+    from sleepify.config import load_recipe
+
     extra = [f"{key}={value}" for key, value in (shorthands or {}).items() if value is not None]
     return load_recipe(list(recipes), [*overrides, *extra])
 

@@ -1,7 +1,8 @@
 """Entry point of the ``sleepify`` command.
 
 Sub-commands live one per module in ``sleepify/cli/`` and are imported lazily, so ``sleepify --help``
-stays fast and a command's heavy imports (torch, transformers) only happen when it runs.
+stays fast and a command's heavy imports (torch, transformers) only happen when it runs. That also lets
+the CPU threading policy (``sleepify/threads.py``) take effect: it must be set before torch is imported.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import importlib
 import sys
 
 import click
+from click.utils import make_default_short_help
 
 from sleepify import __version__
 from sleepify.errors import SleepifyError
+from sleepify.threads import apply_thread_policy
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
@@ -28,6 +31,34 @@ COMMANDS: dict[str, str] = {
     "push": "sleepify.cli.push_cmd:push",
     "bench": "sleepify.cli.bench_cmd:bench",
     "quickstart": "sleepify.cli.quickstart_cmd:quickstart",
+    "doctor": "sleepify.cli.doctor_cmd:doctor",
+}
+
+# The first paragraph of each command's help, so `sleepify --help` lists the commands without importing
+# them (a stage module imports the recipe schema: pydantic, ~0.7 s). tests/test_cli_startup.py checks that
+# these match the commands' own help.
+SUMMARIES: dict[str, str] = {
+    "bench": "Benchmark decoding of MODEL_DIR (default: a small converted Qwen2 built in a temp folder).",
+    "convert": "Convert MODEL (alias such as ouro-1.4b, Hub id ORG/NAME, or local folder) into a "
+    "sleep-capable hybrid.",
+    "data": "Generate a task dataset (rule110, depo, gsm-infinite) or prepare any dataset (prepare).",
+    "doctor": "Show versions, devices and the backend of every op here; check each against the torch "
+    "reference.",
+    "eval": "Exact-match accuracy and mean answer-token loss per difficulty bucket on the held-out split "
+    "(task, prompt/answer and chat data), or loss and perplexity (plain text).",
+    "export": "Export RUN (a run folder, a stage's model folder; default: runs/latest) to --out.",
+    "generate": "Generate from a sleep-capable model folder (an export, a stage's model, or runs/latest).",
+    "models": "List what `sleepify convert` accepts: the model aliases (Hub id and default recipe), the "
+    "built-in models (`builtin:NAME`, trained from scratch), and the architectures (config.json "
+    "model_type) a local folder or Hub id may have; those get a default plan when no recipe gives one.",
+    "push": "Upload DIR (a `sleepify export` folder) to the Hub; the token is --token, HF_TOKEN or the "
+    "saved login.",
+    "quickstart": "Run data -> convert -> warmup -> train -> eval -> export -> generate on a tiny embedded "
+    "model (CPU).",
+    "recipes": "List, show and validate recipes.",
+    "train": "Full sleep fine-tuning with N sleep passes at every window boundary.",
+    "warmup": "SSM-only warm-up: train only the inserted Jet layers (or the SSM layers of a model without "
+    "insertions; train.trainable overrides), hard eviction, N sleep passes.",
 }
 
 
@@ -47,17 +78,38 @@ class LazyGroup(click.Group):
             return getattr(module, attr)
         return super().get_command(ctx, name)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, but from SUMMARIES: listing the commands imports none of them."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name in SUMMARIES:
+                rows.append((name, make_default_short_help(SUMMARIES[name], limit)))
+            elif (command := self.get_command(ctx, name)) is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sleepify")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
-def cli(quiet: bool, verbose: bool) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for torch (OMP_NUM_THREADS); default: one per core, passive OpenMP wait",
+)
+def cli(quiet: bool, verbose: bool, threads: int | None) -> None:
     """Turn pretrained language models into sleep-capable SSM-attention hybrids.
 
     Shell completion: eval "$(_SLEEPIFY_COMPLETE=bash_source sleepify)" in ~/.bashrc (zsh_source,
     fish_source for zsh and fish).
     """
+    apply_thread_policy(threads)
     from sleepify.cli.output import configure_logging  # -q / -v: what the library's logging shows
 
     configure_logging(-1 if quiet else 1 if verbose else 0)
@@ -65,6 +117,7 @@ def cli(quiet: bool, verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a SleepifyError becomes one clear line on stderr and exit code 2."""
+    apply_thread_policy()  # before any command imports torch (the user's environment wins)
     try:
         cli.main(args=argv, prog_name="sleepify", standalone_mode=False)
     except click.exceptions.Abort:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from sleepify.config import available_recipes, load_recipe, recipes_dir
 from sleepify.errors import RecipeError
 
 
@@ -18,6 +17,8 @@ def recipes() -> None:
 @recipes.command("list")
 def list_recipes() -> None:
     """The shipped recipes, with their stage and description."""
+    from sleepify.config import available_recipes, load_recipe, recipes_dir  # pydantic: not for --help
+
     found = available_recipes()
     if not found:
         click.echo(f"no recipes found in {recipes_dir()}")
@@ -40,6 +41,8 @@ def list_recipes() -> None:
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY.SUB=VALUE")
 def show(names: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Print the fully resolved recipe (bases merged, defaults filled in, overrides applied)."""
+    from sleepify.config import load_recipe
+
     inline = [n for n in names if "=" in n and not Path(n).exists()]
     resolved = load_recipe([n for n in names if n not in inline], [*inline, *overrides])
     click.echo("# resolved from: " + ", ".join(resolved.sources))
@@ -50,6 +53,8 @@ def show(names: tuple[str, ...], overrides: tuple[str, ...]) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate_cmd(files: tuple[Path, ...]) -> None:
     """Validate recipe files; exit code 2 on the first that does not validate."""
+    from sleepify.config import load_recipe
+
     for file in files:
         if not file.is_file():
             raise RecipeError(f"{file}: no such file")

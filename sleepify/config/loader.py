@@ -13,13 +13,16 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
-from sleepify.config.schema import Recipe
 from sleepify.errors import RecipeError, did_you_mean
+
+if TYPE_CHECKING:  # pydantic and the schema load on first validation, not when the CLI starts (~0.7 s)
+    from pydantic import BaseModel, ValidationError
+
+    from sleepify.config.schema import Recipe
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 RESOLVED_RECIPE_FILE = "recipe.yaml"
@@ -161,8 +164,11 @@ def _field_names(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
     return list(fields) if fields else []
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel] = Recipe) -> str:
-    """One line per problem: unknown keys with the closest valid key, wrong types with key/expected/given."""
+def format_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line per problem: unknown keys with the closest valid key, wrong types with key/expected/given.
+    ``model`` defaults to the recipe schema."""
+    if model is None:
+        from sleepify.config.schema import Recipe as model
     lines = []
     for item in err.errors():
         loc = [str(p) for p in item["loc"]]
@@ -184,6 +190,10 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] = Recip
 
 
 def validate(data: Mapping[str, Any], where: str = "recipe") -> Recipe:
+    from pydantic import ValidationError
+
+    from sleepify.config.schema import Recipe
+
     try:
         return Recipe.model_validate(dict(data))
     except ValidationError as err:

@@ -9,6 +9,8 @@
 | ``window_attention`` | fp32 masked softmax | SDPA, flash-attn (CUDA fp16/bf16), fla attention (Triton) |
 
 GPU libraries (Triton kernels, fla, flash-attn) are imported only when their backend is selected.
+Which backend runs (``backend="auto"``) and what each needs is one table, ``sleepify/ops/registry.py``;
+``sleepify doctor`` prints it for the machine at hand.
 """
 
 from sleepify.ops.attention import window_attention

@@ -35,30 +35,20 @@ does a call those kernels cannot do (fla decode with gradients, ``Tq`` neither 1
 
 from __future__ import annotations
 
-import importlib
-import os
-from functools import cache
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sleepify.errors import did_you_mean
+from sleepify.ops.registry import OPS, Call, module_available, resolve
 
 __all__ = ["BACKENDS", "allowed_keys", "flash_attn_available", "window_attention", "window_attention_torch"]
 
-BACKENDS = ("auto", "torch", "sdpa", "flash", "fla")
-_HALF = (torch.float16, torch.bfloat16)
+BACKENDS = OPS["window_attention"].names  # ("auto", "torch", "sdpa", "flash", "fla")
 
 
-@cache
 def flash_attn_available() -> bool:
     """Whether ``flash_attn`` imports (it needs its compiled CUDA extension; never on a CPU-only machine)."""
-    try:
-        importlib.import_module("flash_attn")
-    except Exception:  # ImportError, or an extension built against another torch
-        return False
-    return True
+    return module_available("flash_attn")
 
 
 def allowed_keys(q_index: Tensor, k_index: Tensor, k_valid: Tensor | None, span: int | None) -> Tensor:
@@ -101,33 +91,6 @@ def window_attention_torch(
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p)
     return torch.matmul(probs, vf).to(q.dtype)
-
-
-def _resolve_backend(backend: str, q: Tensor) -> str:
-    if backend not in BACKENDS:
-        hint = did_you_mean(backend, BACKENDS)
-        raise ValueError(f"window_attention: unknown backend {backend!r}; choose one of {BACKENDS}{hint}")
-    if backend == "auto":
-        return "flash" if q.is_cuda and q.dtype in _HALF and flash_attn_available() else "sdpa"
-    if backend == "flash":
-        if not q.is_cuda:
-            raise ValueError(
-                "window_attention: backend='flash' needs CUDA tensors (flash-attn has no CPU kernels); "
-                "use backend='sdpa' or 'auto' on CPU"
-            )
-        if q.dtype not in _HALF:
-            raise ValueError(f"window_attention: backend='flash' needs fp16 or bf16 tensors, got {q.dtype}")
-        if not flash_attn_available():
-            raise ImportError(
-                "window_attention: backend='flash' needs flash-attn: "
-                "pip install flash-attn --no-build-isolation (or pip install 'sleepify[flash-attn]')"
-            )
-    if backend == "fla" and not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            "window_attention: backend='fla' needs CUDA tensors (or TRITON_INTERPRET=1 set before import, "
-            "for CPU testing); use backend='sdpa' or 'auto' on CPU"
-        )
-    return backend
 
 
 def _is_aligned(q_index: Tensor, k_index: Tensor) -> bool:
@@ -179,7 +142,7 @@ def window_attention(
     if span is not None and span < 1:
         raise ValueError(f"window_attention: span must be >= 1 or None, got {span}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    backend = _resolve_backend(backend, q)
+    backend = resolve("window_attention", backend, Call.of(q, tokens=Tq))
     if backend == "torch":
         return window_attention_torch(q, k, v, q_index, k_index, k_valid, span, scale, dropout_p)
 

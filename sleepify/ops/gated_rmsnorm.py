@@ -10,15 +10,14 @@ imported lazily), ``"auto"`` (fla on CUDA tensors, torch otherwise).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from sleepify.errors import did_you_mean
+from sleepify.ops.registry import OPS, Call, resolve
 
 __all__ = ["gated_rmsnorm", "gated_rmsnorm_torch"]
 
-BACKENDS = ("auto", "torch", "fla")
+BACKENDS = OPS["gated_rmsnorm"].names  # ("auto", "torch", "fla")
 ACTIVATIONS = ("silu", "swish", "sigmoid")
 
 
@@ -58,9 +57,8 @@ def gated_rmsnorm(
             f"gated_rmsnorm: unknown activation {activation!r}; choose one of {ACTIVATIONS}"
             f"{did_you_mean(str(activation), ACTIVATIONS)}"
         )
-    if backend not in BACKENDS:
-        hint = did_you_mean(backend, BACKENDS)
-        raise ValueError(f"gated_rmsnorm: unknown backend {backend!r}; choose one of {BACKENDS}{hint}")
+    if backend != "auto":
+        OPS["gated_rmsnorm"].backend(backend)  # an unknown name fails before the shape checks
     if x.dim() < 1 or gate.shape != x.shape:
         raise ValueError(
             f"gated_rmsnorm: gate must have the shape of x, got x {tuple(x.shape)} "
@@ -71,19 +69,11 @@ def gated_rmsnorm(
         raise ValueError(
             f"gated_rmsnorm: weight must be [{D}] (the last dim of x), got {tuple(weight.shape)}"
         )
-    if backend == "auto":
-        backend = "fla" if x.is_cuda else "torch"
+    backend = resolve("gated_rmsnorm", backend, Call.of(x))
     if backend == "torch":
         return gated_rmsnorm_torch(x, gate, weight, eps, activation)
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            "gated_rmsnorm: backend='fla' needs CUDA tensors (or TRITON_INTERPRET=1 set before import, for "
-            "CPU testing); use backend='torch' or 'auto' on CPU"
-        )
-    try:
-        from fla.modules.norm.fused_norm_gate import rms_norm_gated
-    except ImportError as e:  # pragma: no cover - fla is a declared dependency
-        raise ImportError("gated_rmsnorm: backend='fla' needs flash-linear-attention (fla-core)") from e
+    from fla.modules.norm.fused_norm_gate import rms_norm_gated
+
     return rms_norm_gated(
         x=x, g=gate, weight=weight, bias=None, activation=activation, residual=None, prenorm=False, eps=eps
     )

@@ -243,7 +243,7 @@ def test_chained_windows_equal_one_pass(backend):
 
 def test_unknown_backend_names_the_valid_ones():
     inputs = make_inputs(T=4)
-    with pytest.raises(ValueError, match="unknown gated_delta_rule backend 'cunk'") as err:
+    with pytest.raises(ValueError, match="gated_delta_rule: unknown backend 'cunk'") as err:
         run(inputs, "cunk")
     for name in BACKENDS:
         assert name in str(err.value)

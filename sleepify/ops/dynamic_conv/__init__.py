@@ -14,16 +14,15 @@ torch otherwise). Everything is computed in float32.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from sleepify.errors import did_you_mean
 from sleepify.ops.dynamic_conv.naive import dynamic_conv_step_torch, dynamic_conv_torch
+from sleepify.ops.registry import OPS, Call, resolve
 
 __all__ = ["dynamic_conv", "dynamic_conv_step", "dynamic_conv_torch", "dynamic_conv_step_torch"]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = OPS["dynamic_conv"].names  # ("auto", "torch", "triton")
 ACTIVATIONS = ("silu", "swish", None)
 
 
@@ -32,20 +31,6 @@ def _check_activation(activation: str | None) -> str | None:
         hint = did_you_mean(str(activation), ["silu", "swish"])
         raise ValueError(f"dynamic_conv: unknown activation {activation!r}; use 'silu' or None{hint}")
     return None if activation is None else "silu"
-
-
-def _resolve_backend(backend: str, x: torch.Tensor) -> str:
-    if backend not in BACKENDS:
-        hint = did_you_mean(backend, BACKENDS)
-        raise ValueError(f"dynamic_conv: unknown backend {backend!r}; choose one of {BACKENDS}{hint}")
-    if backend == "auto":
-        return "triton" if x.is_cuda else "torch"
-    if backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            "dynamic_conv: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import, "
-            "for CPU testing); use backend='torch' or 'auto' on CPU"
-        )
-    return backend
 
 
 def _check_same_device(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
@@ -86,7 +71,7 @@ def dynamic_conv(
             )
         _check_same_device("initial_state", initial_state, x)
     _check_same_device("kernels", kernels, x)
-    backend = _resolve_backend(backend, x)
+    backend = resolve("dynamic_conv", backend, Call.of(x, tokens=T))
     if backend == "torch":
         return dynamic_conv_torch(x, kernels, initial_state, output_final_state, act)
     from sleepify.ops.dynamic_conv.triton_kernels import DynamicConvTritonFunction
@@ -128,7 +113,7 @@ def dynamic_conv_step(
         )
     _check_same_device("kernels", kernels, x)
     _check_same_device("state", state, x)
-    backend = _resolve_backend(backend, x)
+    backend = resolve("dynamic_conv_step", backend, Call.of(x, tokens=1))
     if backend == "torch":
         return dynamic_conv_step_torch(x, kernels, state, act)
     from sleepify.ops.dynamic_conv.triton_kernels import dconv_step_triton

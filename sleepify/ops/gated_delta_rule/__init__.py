@@ -17,10 +17,11 @@ from torch import Tensor
 
 from sleepify.ops.gated_delta_rule.chunk import chunk_gated_delta_rule
 from sleepify.ops.gated_delta_rule.naive import recurrent_gated_delta_rule
+from sleepify.ops.registry import OPS, Call, resolve
 
 __all__ = ["BACKENDS", "gated_delta_rule", "l2norm"]
 
-BACKENDS = ("auto", "recurrent", "chunk", "fla_chunk", "fla_recurrent")
+BACKENDS = OPS["gated_delta_rule"].names  # ("auto", "recurrent", "chunk", "fla_chunk", "fla_recurrent")
 
 
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -52,19 +53,6 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, init
         )
 
 
-def _resolve_backend(backend: str, q: Tensor) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(
-            f"unknown gated_delta_rule backend {backend!r}; valid backends: {', '.join(BACKENDS)}"
-        )
-    if backend != "auto":
-        return backend
-    T = q.shape[1]
-    if q.is_cuda:
-        return "fla_chunk" if torch.is_grad_enabled() or T > 64 else "fla_recurrent"
-    return "recurrent" if T == 1 else "chunk"
-
-
 def gated_delta_rule(
     q: Tensor,
     k: Tensor,
@@ -94,7 +82,8 @@ def gated_delta_rule(
             ``auto`` picks ``fla_chunk`` on CUDA when grad is enabled or ``T > 64``, else
             ``fla_recurrent``; on CPU ``chunk`` (``recurrent`` for ``T == 1``). ``fla_recurrent`` has no
             backward (inference only); both fla backends need CUDA tensors (``fla_recurrent`` also runs
-            on CPU under ``TRITON_INTERPRET=1``, for tests).
+            on CPU under ``TRITON_INTERPRET=1``, for tests). The rules live in ``sleepify/ops/registry.py``
+            (on CUDA without fla, or in float64, ``auto`` uses the torch backends).
         chunk_size: chunk length of the ``chunk`` backend (any positive int) and ``fla_chunk`` (16/32/64).
 
     Returns:
@@ -103,7 +92,7 @@ def gated_delta_rule(
         final state is then float64 too).
     """
     _check_shapes(q, k, v, g, beta, initial_state)
-    name = _resolve_backend(backend, q)
+    name = resolve("gated_delta_rule", backend, Call.of(q, tokens=q.shape[1]))
     B, T, H, Dk = q.shape
     HV, Dv = v.shape[2], v.shape[3]
     if scale is None:

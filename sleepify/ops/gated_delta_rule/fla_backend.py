@@ -4,30 +4,12 @@
 ``fused_recurrent_gated_delta_rule`` (decode / short prefill; no backward) needs CUDA too, except under
 the Triton interpreter (``TRITON_INTERPRET=1``) where it also runs on CPU tensors (slowly; tests only).
 Both are always called with keyword arguments: the recurrent kernel's 5th positional parameter is ``gk``.
+Device checks happen before these are reached (``sleepify/ops/registry.py``).
 """
 
 from __future__ import annotations
 
-import os
-
 from torch import Tensor
-
-
-def _interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def check_device(backend: str, q: Tensor, *, interpreter_ok: bool) -> None:
-    """Raise a clear error if an fla backend is asked to run on tensors it cannot handle."""
-    if q.is_cuda:
-        return
-    if interpreter_ok and _interpreter_on():
-        return
-    hint = " (or set TRITON_INTERPRET=1 for slow CPU testing)" if interpreter_ok else ""
-    raise RuntimeError(
-        f"gated_delta_rule backend '{backend}' runs fla Triton kernels and needs CUDA tensors, got "
-        f"tensors on '{q.device}'{hint}; use backend='chunk' (or 'auto') on CPU"
-    )
 
 
 def fla_chunk(
@@ -43,7 +25,6 @@ def fla_chunk(
     use_qk_l2norm: bool,
     chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor | None]:
-    check_device("fla_chunk", q, interpreter_ok=False)
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     extra = {} if chunk_size == 64 else {"chunk_size": chunk_size}
@@ -73,7 +54,6 @@ def fla_recurrent(
     output_final_state: bool,
     use_qk_l2norm: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    check_device("fla_recurrent", q, interpreter_ok=True)
     from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
     return fused_recurrent_gated_delta_rule(
