@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 from collections.abc import Callable, Iterator
@@ -131,6 +132,9 @@ def resolve_source(source: str, revision: str | None = None, config_only: bool =
     return Source(_download(alias.hub_id, revision, config_only), alias.name, alias, alias.hub_id)
 
 
+_HUB_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
 def _download(repo_id: str, revision: str | None, config_only: bool = False) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -142,6 +146,12 @@ def _download(repo_id: str, revision: str | None, config_only: bool = False) -> 
         )
     except ImportError as err:  # pragma: no cover - huggingface_hub ships with transformers
         raise ModelLoadError(f"huggingface_hub is needed to download {repo_id}: {err}") from None
+    owner, _, name = repo_id.partition("/")
+    if not all(_HUB_PART.match(part) and ".." not in part for part in (owner, name)):
+        raise ModelLoadError(
+            f"{repo_id!r} is neither a local folder nor a valid Hub id (ORG/NAME: letters, digits, '-', '_', "
+            "'.'; no '..')"
+        )
     try:
         patterns = ["config.json"] if config_only else HUB_PATTERNS
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))

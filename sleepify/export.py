@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sleepify.errors import SleepifyError
-from sleepify.fsutil import publish_folder
+from sleepify.fsutil import check_free_space, clean_stale_temps, publish_folder, temp_sibling
 from sleepify.remote_code import AUTO_MAP, write_remote_code
 
 __all__ = ["ExportResult", "export", "model_card", "read_provenance", "resolve_run"]
@@ -452,7 +450,7 @@ def export(
     ``push_to_hub`` (ORG/NAME) is given. ``dtype`` / ``max_shard_size`` / ``push_to_hub`` / ``private``
     default to the run recipe's ``export`` section."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     import sleepify  # noqa: F401  (registers the model types)
 
@@ -471,7 +469,9 @@ def export(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    from sleepify.model_io import load_model
+
+    model = load_model(model_dir, "auto")
     if getattr(model.config, "model_type", None) != "sleep_hybrid":
         raise SleepifyError(
             f"{model_dir} is not a sleep-capable model (model_type {model.config.model_type!r})"
@@ -485,7 +485,9 @@ def export(
     eval_file = _find_eval(model_dir, run_dir)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    clean_stale_temps(out)  # what a killed export left behind
+    check_free_space(out.parent, sum(p.numel() * p.element_size() for p in model.parameters()), "the export")
+    tmp = temp_sibling(out)
     try:
         # self-contained remote code: loads with trust_remote_code=True where sleepify is not installed
         model.config.auto_map = dict(AUTO_MAP)

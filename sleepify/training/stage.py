@@ -328,6 +328,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     from transformers import AutoTokenizer
 
     from sleepify.convert import LATEST_POINTER
+    from sleepify.model_io import load_model
     from sleepify.training.loop import init_distributed, train
     from sleepify.training.parallel import full_model_state
 
@@ -345,7 +346,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     work = staging(run_dir) if replacing and is_main else contextlib.nullcontext(run_dir)
     distributed = init_distributed()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[rec.model.dtype]
-    model = load_model(model_dir, dtype)
+    model = load_model(model_dir, dtype)  # a damaged folder: one line
     if stage == "warmup" and rec.train.trainable == ["*"]:  # the recipe did not choose: SSM layers only
         rec.train.trainable = warmup_trainable(model)
     cfg = model.config
@@ -407,26 +408,6 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
         dist.barrier()
         dist.destroy_process_group()
     return final
-
-
-def load_model(model_dir: Path, dtype: Any = "auto") -> Any:
-    """``AutoModelForCausalLM.from_pretrained`` with every way a model folder can be broken (truncated or
-    random safetensors, weights that do not match config.json, pickle files) as one line."""
-    from transformers import AutoModelForCausalLM
-
-    import sleepify  # noqa: F401  (registers the model types)
-    from sleepify.errors import ModelLoadError
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    except (OSError, ValueError, RuntimeError, KeyError, EOFError, TypeError) as err:
-        if isinstance(err, OSError) and err.errno is not None:
-            raise
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ModelLoadError(
-            f"cannot load the model in {model_dir} ({type(err).__name__}: {first[:300]}): the weights are "
-            "damaged or do not match its config.json; rerun the stage that wrote it"
-        ) from None
 
 
 def launch_torchrun(nproc: int, args: list[str]) -> None:
