@@ -532,7 +532,9 @@ def convert(
 
     try:
         base_config = AutoConfig.from_pretrained(src.folder)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # also "not a valid JSON file" (an OSError without errno)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
         raise ModelLoadError(
             f"cannot read {src.folder / 'config.json'}: {str(err).splitlines()[0]}"
         ) from None
