@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ import torch
 from torch import nn
 
 from sleepify.errors import ModelLoadError, SleepifyError
+from sleepify.fsutil import RunLock, check_free_space, publish_folder, refuse_inside, staging, write_pointer
 from sleepify.models.registry import ALIASES, ModelAlias, get_alias
 
 __all__ = [
@@ -130,6 +132,9 @@ def resolve_source(source: str, revision: str | None = None, config_only: bool =
     return Source(_download(alias.hub_id, revision, config_only), alias.name, alias, alias.hub_id)
 
 
+_HUB_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
 def _download(repo_id: str, revision: str | None, config_only: bool = False) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -141,6 +146,12 @@ def _download(repo_id: str, revision: str | None, config_only: bool = False) -> 
         )
     except ImportError as err:  # pragma: no cover - huggingface_hub ships with transformers
         raise ModelLoadError(f"huggingface_hub is needed to download {repo_id}: {err}") from None
+    owner, _, name = repo_id.partition("/")
+    if not all(_HUB_PART.match(part) and ".." not in part for part in (owner, name)):
+        raise ModelLoadError(
+            f"{repo_id!r} is neither a local folder nor a valid Hub id (ORG/NAME: letters, digits, '-', '_', "
+            "'.'; no '..')"
+        )
     try:
         patterns = ["config.json"] if config_only else HUB_PATTERNS
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
@@ -451,10 +462,9 @@ def _count(params: Iterator[nn.Parameter]) -> int:
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise SleepifyError(f"{out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise SleepifyError(f"{out_dir} is not empty; choose another --out or pass --overwrite")
-        shutil.rmtree(out_dir)
+    # with overwrite the old folder is replaced only once the new one is complete (fsutil.publish_folder)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise SleepifyError(f"{out_dir} is not empty; choose another --out or pass --overwrite")
 
 
 def _resolve_recipe(recipe: Any, source: str, overrides: list[str]) -> Any:
@@ -518,6 +528,7 @@ def convert(
     out_dir = Path(out_dir)
     if not dry_run:
         _check_out_dir(out_dir, overwrite or rec.run.overwrite)
+        refuse_inside(src.folder, out_dir)
 
     # provenance: the stored convert recipe names what was converted (the CLI argument is not in the
     # recipe): the alias or Hub id as given, a local folder as an absolute path (so export can tell it
@@ -525,7 +536,9 @@ def convert(
     rec.model.source = str(src.folder.resolve()) if src.hub_id is None else source
     try:
         base_config = AutoConfig.from_pretrained(src.folder.resolve())
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # also "not a valid JSON file" (an OSError without errno)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
         raise ModelLoadError(
             f"cannot read {src.folder / 'config.json'}: {str(err).splitlines()[0]}"
         ) from None
@@ -549,15 +562,17 @@ def convert(
     model.eval()
     params_after = _count(model.parameters())
 
-    _write_model(model, model.config, rec, out_dir)
-    for name in TOKENIZER_FILES:
-        if (src.folder / name).is_file():
-            shutil.copy2(src.folder / name, out_dir / name)
-    _save_recipe(as_run, plan, out_dir)
-    table = model.block_table()
-    report = _report(src.name, described, plan, table, out_dir)
-    result = ConvertResult(out_dir, params_before, params_after, report, table, plan, as_run)
-    return _finish(result, default_out, rec, runs_root, log)
+    check_free_space(out_dir.parent, _nbytes(model), "the converted model")
+    with RunLock(out_dir), staging(out_dir) as tmp:  # built next to --out, published in one step at the end
+        _write_model(model, model.config, rec, tmp)
+        for name in TOKENIZER_FILES:
+            if (src.folder / name).is_file():
+                shutil.copy2(src.folder / name, tmp / name)
+        _save_recipe(as_run, plan, tmp)
+        table = model.block_table()
+        report = _report(src.name, described, plan, table, out_dir)
+        result = ConvertResult(out_dir, params_before, params_after, report, table, plan, as_run)
+        return _finish(result, tmp, default_out, rec, runs_root, log)
 
 
 def _plan_and_build(base_config: Any, resolved: Any, dry_run: bool) -> tuple[nn.Module, Any, Any]:
@@ -617,19 +632,26 @@ def _write_model(model: nn.Module, config: Any, rec: Any, out_dir: Path) -> None
     write_safetensors(state, out_dir)
 
 
+def _nbytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def _finish(
     result: ConvertResult,
+    tmp: Path,
     default_out: bool,
     rec: Any,
     runs_root: str | Path,
     log: Callable[[str], None] | None,
 ) -> ConvertResult:
+    """Write the report into the finished temporary folder, publish it as ``--out`` (replacing an old
+    folder only now), then point ``runs/latest`` at it."""
     out_dir = result.out_dir
-    (out_dir / "report.md").write_text(result.report)
+    (tmp / "report.md").write_text(result.report)
+    publish_folder(tmp, out_dir)
     if default_out:
         root = out_dir.parent.parent if not rec.run.dir else Path(runs_root)
-        root.mkdir(parents=True, exist_ok=True)
-        (root / LATEST_POINTER).write_text(str(out_dir.resolve()) + "\n")
+        write_pointer(root / LATEST_POINTER, out_dir)
     if log is not None:
         log(result.report)
     return result
@@ -679,13 +701,15 @@ def _convert_builtin(
     model.eval()
     params_before = _count(model.base.parameters())
     params_after = _count(model.parameters())
-    _write_model(model, config, rec, out_dir)
-    build_char_tokenizer().save_pretrained(out_dir)
-    _save_recipe(as_run, plan, out_dir)
-    table = model.block_table()
-    report = _report(builtin.name, described, plan, table, out_dir)
-    result = ConvertResult(out_dir, params_before, params_after, report, table, plan, as_run)
-    return _finish(result, default_out, rec, runs_root, log)
+    check_free_space(out_dir.parent, _nbytes(model), "the converted model")
+    with RunLock(out_dir), staging(out_dir) as tmp:  # built next to --out, published in one step at the end
+        _write_model(model, config, rec, tmp)
+        build_char_tokenizer().save_pretrained(tmp)
+        _save_recipe(as_run, plan, tmp)
+        table = model.block_table()
+        report = _report(builtin.name, described, plan, table, out_dir)
+        result = ConvertResult(out_dir, params_before, params_after, report, table, plan, as_run)
+        return _finish(result, tmp, default_out, rec, runs_root, log)
 
 
 def latest_run(runs_root: str | Path = "runs") -> Path | None:

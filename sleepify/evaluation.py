@@ -516,13 +516,14 @@ SLEEP_FIELDS = {
 
 def _load_model(model_dir: Path, dtype: str, device: Any) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM
 
     import sleepify  # noqa: F401  (registers the model types)
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+        from sleepify.model_io import load_model
+
+        model = load_model(model_dir, torch_dtype)
     except Exception as err:  # noqa: BLE001 - any load failure becomes one clear line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelLoadError(f"cannot load the model in {model_dir}: {first}") from None

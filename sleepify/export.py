@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shlex
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sleepify.errors import SleepifyError
-from sleepify.fsutil import publish_folder
+from sleepify.fsutil import check_free_space, clean_stale_temps, publish_folder, temp_sibling
 from sleepify.remote_code import AUTO_MAP, write_remote_code
 
 __all__ = [
@@ -619,7 +617,7 @@ def export(
         result = export("runs/tiny", "exports/tiny-sleep", dtype="bf16", push_to_hub="tiny-sleep")
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     import sleepify  # noqa: F401  (registers the model types)
 
@@ -638,7 +636,9 @@ def export(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    from sleepify.model_io import load_model
+
+    model = load_model(model_dir, "auto")
     if getattr(model.config, "model_type", None) != "sleep_hybrid":
         raise SleepifyError(
             f"{model_dir} is not a sleep-capable model (model_type {model.config.model_type!r})"
@@ -662,7 +662,9 @@ def export(
                 log(f"warning: {err}; the card's usage snippet names the folder {out}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    clean_stale_temps(out)  # what a killed export left behind
+    check_free_space(out.parent, sum(p.numel() * p.element_size() for p in model.parameters()), "the export")
+    tmp = temp_sibling(out)
     try:
         # self-contained remote code: loads with trust_remote_code=True where sleepify is not installed
         model.config.auto_map = dict(AUTO_MAP)

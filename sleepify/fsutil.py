@@ -1,11 +1,36 @@
-"""Publishing a finished folder in one step, so an interrupted write never leaves a half folder."""
+"""Writing outputs so that nothing is lost: folders are built in a temporary sibling and published in one
+step, leftovers of killed runs are cleaned, a run folder is locked while a process writes it, and a full
+disk ends in one line that names the path.
+
+The contract every stage follows (``convert``, ``warmup``, ``train``, ``export``, ``data``):
+
+1. check everything cheap first (:func:`refuse_inside` when ``--overwrite`` would replace the input);
+2. build the output in ``.NAME.tmp-PID-NS`` next to it (:func:`staging`);
+3. :func:`publish_folder` at the very end: the old output (if any) is replaced only then;
+4. point ``runs/latest`` at the new folder with :func:`write_pointer` (written atomically, never dangling).
+
+Temporaries whose process is dead are removed at the next start (:func:`clean_stale_temps`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import logging
 import os
+import re
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from sleepify.errors import SleepifyError
+
+log = logging.getLogger(__name__)
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-\d+$")
 
 
 def publish_folder(tmp: Path, final: Path) -> None:
@@ -18,3 +43,184 @@ def publish_folder(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+
+
+def temp_sibling(final: Path) -> Path:
+    """``.NAME.tmp-PID-NS`` next to ``final`` (same filesystem, so publishing is a rename)."""
+    return final.parent / f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(final: Path) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` siblings of ``final`` left by dead processes;
+    returns what was removed (a live process's temporaries are left alone)."""
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    for entry in parent.iterdir():
+        m = _TEMP.match(entry.name)
+        if not m or m.group("name") != final.name or pid_alive(int(m.group("pid"))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+        log.warning("removed %s, left by a killed run (process %s)", entry, m.group("pid"))
+    return removed
+
+
+@contextlib.contextmanager
+def staging(final: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of ``final`` to build the output in; removed if the block fails (the
+    caller publishes it with :func:`publish_folder` as the block's last step)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(final)
+    tmp = temp_sibling(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (symlinks resolved)."""
+    try:
+        p, f = Path(path).resolve(), Path(folder).resolve()
+    except OSError:
+        return False
+    return p == f or f in p.parents
+
+
+def refuse_inside(inp: Path, out: Path, flag: str = "--out") -> None:
+    """One line when replacing ``out`` would delete the input ``inp`` it is about to read."""
+    if is_inside(inp, out):
+        raise SleepifyError(
+            f"the input {inp} lies inside {out}, which {flag} --overwrite would replace: "
+            f"choose another {flag} (or copy the input elsewhere first)"
+        )
+
+
+def write_pointer(pointer: Path, target: Path) -> None:
+    """Write ``runs/latest`` (one line: a folder's absolute path) atomically."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pointer.parent / f".{pointer.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.write_text(str(Path(target).resolve()) + "\n")
+    os.replace(tmp, pointer)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_free_space(where: Path, need: int, what: str) -> None:
+    """One line before writing when the filesystem of ``where`` has clearly less than ``need`` bytes."""
+    probe = Path(where)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if need > free:
+        raise SleepifyError(
+            f"not enough disk space for {what} in {where}: needs about {_human(need)}, "
+            f"{_human(free)} free; free some space or choose another --out"
+        )
+
+
+def disk_full_message(err: BaseException, where: Path | None = None, need: int | None = None) -> str | None:
+    """The one-line message for a full disk (ENOSPC / EDQUOT, or torch's zip writer failing on one), else
+    None."""
+    text = str(err)
+    full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = full or "No space left on device" in text or "enforce fail at inline_container" in text
+    if not full:
+        return None
+    path = getattr(err, "filename", None) or where
+    size = f" (needs about {_human(need)})" if need else ""
+    return (
+        f"disk full while writing {path or 'the output'}{size}: free some space or choose another --out; "
+        "nothing was replaced"
+    )
+
+
+class RunLock:
+    """``.NAME.lock`` next to a run folder: holder PID and host. A second writer refuses in one line; a
+    lock left by a dead process on this host is taken over with a message.
+
+    Examples::
+
+        >>> with RunLock(Path("runs/x/train")):
+        ...     ...  # train, checkpoint, publish
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder.parent / f".{self.folder.name}.lock"
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:  # being written this instant, or unreadable: look again
+                    time.sleep(0.05)
+                    holder = self._holder() or {}
+                pid, host = int(holder.get("pid") or 0), holder.get("host")
+                if host == me["host"] and (pid == me["pid"] or not pid_alive(pid)):
+                    log.warning("taking over the lock %s left by process %s, which is no longer running",
+                                self.path, pid)  # fmt: skip
+                    self.path.unlink(missing_ok=True)
+                    continue
+                where = f"process {pid} on {host}" if host else "another process"
+                same = host == me["host"]
+                extra = ": wait for it or stop it" if same else f"; if it is dead, delete {self.path}"
+                raise SleepifyError(f"{self.folder} is in use by {where}{extra}") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise SleepifyError(f"cannot take the lock {self.path}: remove it if no run uses {self.folder}")
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            holder = self._holder() or {}
+            if holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -19,7 +19,7 @@ def load_for_generation(
     folder: str | Any, *, device: str = "auto", dtype: str = "auto"
 ) -> tuple[Any, Any, Any, str]:
     """``(model, tokenizer, generation config, device)`` of a sleep-capable model folder or Hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     import sleepify  # noqa: F401  (registers the model types)
 
@@ -31,7 +31,9 @@ def load_for_generation(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtypes = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    net = AutoModelForCausalLM.from_pretrained(folder, dtype=dtypes[dtype]).eval()
+    from sleepify.model_io import load_model
+
+    net = load_model(folder, dtypes[dtype]).eval()
     if getattr(net.config, "model_type", None) != "sleep_hybrid":
         raise SleepifyError(f"{folder} is not a sleep-capable model (model_type {net.config.model_type!r})")
     if device == "auto":

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from sleepify.cli.common import dry_run_option, verbosity_options
+from sleepify.errors import SleepifyError
 
 
 @click.command("generate")
@@ -75,7 +76,18 @@ def generate(
     dry_run: bool,
 ) -> None:
     """Generate from a sleep-capable model folder (an export, a stage's model, or runs/latest)."""
-    texts = list(prompts) + [Path(f).read_text() for f in prompt_files]
+    texts = list(prompts)
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as lone surrogates
+            raise SleepifyError(f"--prompt {i + 1} is not valid UTF-8 text") from None
+    for name in prompt_files:
+        try:
+            texts.append(Path(name).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            msg = f"--prompt-file {name} is not UTF-8 text (byte {err.start}): save it as UTF-8"
+            raise SleepifyError(msg) from None
     if not texts:
         raise click.UsageError("give a prompt: --prompt TEXT or --prompt-file FILE")
     if batch_size < 1:

@@ -7,6 +7,7 @@ the CPU threading policy (``sleepify/threads.py``) take effect: it must be set b
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -115,17 +116,38 @@ def cli(quiet: bool, verbose: bool, threads: int | None) -> None:
     configure_logging(-1 if quiet else 1 if verbose else 0)
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    from sleepify.errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; a SleepifyError becomes one clear line on stderr and exit code 2."""
+    """Run the CLI; a SleepifyError becomes one clear line on stderr and exit code 2 (a stopped run 130 on
+    SIGINT, 143 on SIGTERM); a full disk is one line too."""
+    import signal
+
     apply_thread_policy()  # before any command imports torch (the user's environment wins)
+
+    from sleepify.fsutil import disk_full_message
+
+    with contextlib.suppress(ValueError):  # not in the main thread (tests): keep the default
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="sleepify", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as err:
+        code = getattr(err.__cause__, "exit_code", 130)
+        click.echo("Terminated." if code == 143 else "Aborted.", err=True)
+        sys.exit(code)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
     except SleepifyError as err:
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"{getattr(err, 'prefix', 'error')}: {err}", err=True)
         sys.exit(err.exit_code)
+    except (OSError, RuntimeError) as err:
+        message = disk_full_message(err)
+        if message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        sys.exit(2)

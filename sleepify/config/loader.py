@@ -257,9 +257,21 @@ def load_recipe(
     for ref in refs:
         merged = deep_merge(merged, _read_chain(find_recipe(str(ref)), (), sources))
     overrides = list(overrides)
+    recipes_only = merged
     merged = apply_overrides(merged, overrides)
     where = Path(sources[-1]).name if sources else "recipe"
-    return ResolvedRecipe(validate(merged, where=where), sources, overrides)
+    try:
+        return ResolvedRecipe(validate(merged, where=where), sources, overrides)
+    except RecipeError:
+        if not overrides:
+            raise
+        try:
+            validate(recipes_only, where=where)
+        except RecipeError:
+            raise  # the recipes themselves are wrong
+        # the recipes validate alone: the error comes from a flag or a key=value override
+        validate(merged, where="a flag or key=value override")
+        raise
 
 
 def read_provenance(recipe_file: str | Path) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from sleepify.errors import SleepifyError
-from sleepify.fsutil import publish_folder
+from sleepify.fsutil import clean_stale_temps, publish_folder, temp_sibling
 
 COLUMNS = ("input_ids", "attention_mask", "loss_mask", "answer_starts", "answer_lengths", "bucket", "text")
 SPLIT_STREAM = {"train": 0, "test": 1}
@@ -222,7 +221,8 @@ def write_dataset(
     else:
         dd = datasets.DatasetDict({name: to_dataset(splits[name]) for name in ("train", "test")})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    clean_stale_temps(path)  # what a killed run left behind
+    tmp = temp_sibling(path)
     try:
         dd.save_to_disk(str(tmp))
         if tokenizer is not None:

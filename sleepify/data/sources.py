@@ -173,7 +173,13 @@ def _load_source(name: str, config: str | None) -> tuple[Any, str]:
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             kind = "sleepify dataset" if (path / "meta.json").is_file() else "saved dataset"
-            return datasets.load_from_disk(str(path)), kind
+            try:
+                return datasets.load_from_disk(str(path)), kind
+            except Exception as err:  # noqa: BLE001 - e.g. a split with no rows (data --n-train 0): one line
+                raise DataError(
+                    f"--data {name}: cannot read this {kind} ({type(err).__name__}: {_first_line(err)}); "
+                    "an empty split cannot be read back: regenerate it with rows in every split"
+                ) from None
         if not any(p.suffix.lower() in FILE_BUILDERS for p in path.rglob("*") if p.is_file()):
             raise DataError(
                 f"--data {name}: a folder with neither a saved dataset nor .jsonl/.json/.parquet/.csv files"

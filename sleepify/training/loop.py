@@ -59,20 +59,42 @@ class TrainResult:
     run_dir: Path | None = None
 
 
+def cut_metrics(path: Path, step: int) -> None:
+    """Keep only the lines of ``metrics.jsonl`` up to ``step`` (a resume from that step's checkpoint logs
+    the later steps again: no duplicates, no gaps); a torn last line of a killed run is dropped too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+
+
 class MetricsLog:
     """JSON lines (always), TensorBoard (when installed and enabled) and W&B (when configured)."""
 
-    def __init__(self, run_dir: Path, train: TrainSection, enabled: bool):
+    def __init__(self, run_dir: Path, train: TrainSection, enabled: bool, resumed_at: int | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = self.wandb = None
         if not enabled:
             return
+        if resumed_at is not None:
+            cut_metrics(self.path, resumed_at)
         if train.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                # purge_step: TensorBoard hides what the killed attempt logged after the checkpoint
+                purge = None if resumed_at is None else resumed_at + 1
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
             except ImportError:
                 self.tb = None
         if train.wandb_project:
@@ -139,9 +161,11 @@ def train(
     stop_after: int | None = None,
     progress: bool = True,
     desc: str = "train",
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. ``stop_after`` ends early after that many steps (tests simulate a kill);
-    ``desc`` names the progress bar (the stage: warmup or train)."""
+    ``desc`` names the progress bar (the stage: warmup or train); ``on_start`` runs once the checkpoint to
+    resume from has loaded (a refused resume writes nothing), before the first step."""
     run_dir = Path(run_dir)
     rank, world = _world()
     is_main = rank == 0
@@ -189,7 +213,9 @@ def train(
         if train_cfg.precision == "bf16" and device.type == "cuda"
         else contextlib.nullcontext()
     )
-    log = MetricsLog(run_dir, train_cfg, enabled=is_main)
+    if on_start is not None:
+        on_start()
+    log = MetricsLog(run_dir, train_cfg, enabled=is_main, resumed_at=step if resume else None)
     bar = tqdm(
         total=train_cfg.steps, initial=step, disable=not (progress and is_main), desc=desc, unit="step"
     )

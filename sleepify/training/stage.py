@@ -26,7 +26,17 @@ from typing import Any
 from sleepify.config import load_recipe
 from sleepify.config.loader import RESOLVED_RECIPE_FILE, ResolvedRecipe, read_provenance, sets_key
 from sleepify.data.sources import OpenedData, load_tokenizer_for, open_data
-from sleepify.errors import SleepifyError
+from sleepify.errors import Interrupted, SleepifyError
+from sleepify.fsutil import (
+    RunLock,
+    check_free_space,
+    clean_stale_temps,
+    publish_folder,
+    refuse_inside,
+    staging,
+    temp_sibling,
+    write_pointer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +103,27 @@ def _stored_recipe(model_dir: Path) -> Path | None:
     return None
 
 
+def _config_sleep_settings(model_dir: Path, recipes: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """``sleep.window / passes / eviction`` from ``config.json`` as overrides, for a model folder that
+    has no stored recipe (the schema's defaults, e.g. a 2048-token window, would silently replace the
+    model's own settings); the caller's recipes and overrides still win."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    out = []
+    for key, name in (("sleep.window", "sleep_window"), ("sleep.passes", "sleep_passes"),
+                      ("sleep.eviction", "eviction")):  # fmt: skip
+        value = config.get(name)
+        chosen = sets_key(recipes, key) or any(o.startswith(f"{key}=") for o in overrides)
+        if value is not None and not chosen:
+            out.append(f"{key}={json.dumps(value)}")
+    if out:
+        log.warning("%s has no recipe.yaml: using the sleep settings of its config.json (%s)", model_dir,
+                    ", ".join(out))  # fmt: skip
+    return out
+
+
 def plan_stage(
     stage: str,
     model: str | Path | None = None,
@@ -119,6 +150,8 @@ def plan_stage(
     refs = ([str(stored)] if stored else []) + list(recipes)
     overrides = list(overrides)
     restore: list[str] = []
+    if stored is None:  # a model folder without recipe.yaml: its config.json holds the sleep settings
+        restore += _config_sleep_settings(model_dir, recipes, overrides)
     provenance = read_provenance(stored) if stored else {}
     if provenance.get("stage") == "warmup" and stage != "warmup":
         # what warm-up forced (hard eviction, Jet-only training) does not carry over to the next stage,
@@ -160,6 +193,16 @@ def plan_stage(
         and not (resume or restart or rec.run.overwrite)
     ):
         raise SleepifyError(f"{run_dir} exists and is not empty: pass --resume, --overwrite or another --out")
+    if resume and not restart:
+        from sleepify.training.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(run_dir) is None:  # refused before anything is written
+            raise SleepifyError(
+                f"nothing to resume: {run_dir} holds no complete checkpoint (start without --resume, "
+                "or use --resume auto)"
+            )
+    if rec.run.overwrite and not resume and run_dir.exists():
+        refuse_inside(model_dir, run_dir)  # --overwrite must not replace the model it is about to read
     return StagePlan(
         stage=stage,
         model_dir=model_dir,
@@ -224,17 +267,13 @@ def _slow_on_cpu_notice(model: Any, rows: Any, plan: StagePlan) -> str | None:
 
 
 def run_stage(plan: StagePlan, *, progress: bool = True) -> Path:
-    """Tokenize the data, load the model, train, write ``<run>/model``; returns that folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Tokenize the data, load the model, train, write ``<run>/model``; returns that folder.
 
-    import sleepify  # noqa: F401  (registers the model types)
-    from sleepify.convert import LATEST_POINTER
-    from sleepify.training.loop import init_distributed, train
-    from sleepify.training.parallel import full_model_state
-
+    The run folder is locked while the stage runs (:class:`sleepify.fsutil.RunLock`); with ``--overwrite``
+    the new run is built in a temporary sibling and replaces the old folder only once it is complete; the
+    final model is published in one step and ``runs/latest`` is pointed at it last."""
     rec = plan.resolved.recipe
-    stage, run_dir, model_dir = plan.stage, plan.run_dir, plan.model_dir
+    run_dir, model_dir = plan.run_dir, plan.model_dir
     if not progress:
         quiet_library_bars()
     if plan.data_reused:
@@ -244,31 +283,85 @@ def run_stage(plan: StagePlan, *, progress: bool = True) -> Path:
     rows = plan.data.rows("train", tokenizer, progress=progress)
     if rec.data.max_examples:
         rows = rows.select(range(min(rec.data.max_examples, len(rows))))
+    if len(rows) == 0:
+        raise SleepifyError(
+            f"--data {rec.data.path} has no training examples: regenerate it (e.g. `sleepify data ... "
+            "--n-train 1000`) or point --data at another dataset"
+        )
     _check_vocab(rows, model_dir, f"--data {rec.data.path}")
     rows = rows.with_format(None)
 
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 touches the run folder
+    lock = RunLock(run_dir).acquire() if is_main else None
+    try:
+        return _train_and_publish(plan, rows, tokenizer, progress, is_main)
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM turned into one by the CLI
+        raise _interrupted(plan, err) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _interrupted(plan: StagePlan, err: KeyboardInterrupt) -> Interrupted:
+    """The one line for a stopped run: the last good checkpoint and the exact command that resumes it."""
+    import shlex
+    import sys
+
+    from sleepify.training.checkpoint import latest_checkpoint
+
+    code = getattr(err, "exit_code", 130)
+    what = "terminated" if code == 143 else "interrupted"
+    if plan.resolved.recipe.run.overwrite and not plan.resume:
+        return Interrupted(f"{plan.stage} {what}: nothing was replaced, {plan.run_dir} is as before", code)
+    last = latest_checkpoint(plan.run_dir)
+    if last is None:
+        return Interrupted(f"{plan.stage} {what} before its first checkpoint: start it again", code)
+    args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite", "latest", "auto")]
+    if "--out" not in args:
+        args += ["--out", str(plan.run_dir)]
+    cmd = shlex.join(["sleepify", *args, "--resume"])
+    return Interrupted(f"{plan.stage} {what}; the last good checkpoint is {last}; resume with: {cmd}", code)
+
+
+def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: bool, is_main: bool) -> Path:
+    import torch
+    from transformers import AutoTokenizer
+
+    from sleepify.convert import LATEST_POINTER
+    from sleepify.model_io import load_model
+    from sleepify.training.loop import init_distributed, train
+    from sleepify.training.parallel import full_model_state
+
+    rec = plan.resolved.recipe
+    stage, run_dir, model_dir = plan.stage, plan.run_dir, plan.model_dir
+    if is_main:
+        clean_stale_temps(run_dir)
+        clean_stale_temps(run_dir / "model")
     if is_main and plan.restart and run_dir.is_dir():
         # what a killed attempt logged before its first checkpoint is discarded with it
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    if is_main and rec.run.overwrite and run_dir.exists() and not plan.resume:
-        shutil.rmtree(run_dir)
+    replacing = rec.run.overwrite and run_dir.exists() and not plan.resume
+    # --overwrite: the new run is built in a temporary sibling; the old folder is replaced at the very end
+    work = staging(run_dir) if replacing and is_main else contextlib.nullcontext(run_dir)
     distributed = init_distributed()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[rec.model.dtype]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = load_model(model_dir, dtype)  # a damaged folder: one line
     if stage == "warmup" and rec.train.trainable == ["*"]:  # the recipe did not choose: SSM layers only
         rec.train.trainable = warmup_trainable(model)
     cfg = model.config
     cfg.sleep_window, cfg.sleep_passes, cfg.eviction = rec.sleep.window, rec.sleep.passes, rec.sleep.eviction
     if torch.cuda.is_available():
         model.cuda()
+    if is_main:
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        # weights + optimizer state (about twice the weights) per kept checkpoint, and the final model
+        need = size * (3 * max(1, rec.train.keep_checkpoints) + 1)
+        check_free_space(run_dir.parent, need, f"the {stage} run")
     notice = _slow_on_cpu_notice(model, rows, plan) if is_main else None
     if notice:
         log.warning(notice)
     pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-    if is_main:
-        plan.resolved.save(run_dir, stage=stage, extra=plan.header)
 
     def loss_fn(m, batch):  # noqa: ANN001, ANN202
         return m(
@@ -279,20 +372,34 @@ def run_stage(plan: StagePlan, *, progress: bool = True) -> Path:
             truncate_windows=rec.sleep.truncate_windows,
         ).loss
 
-    train(
-        model, rows, rec.train, run_dir, pad_id=pad_id, loss_fn=loss_fn, resume=plan.resume,
-        progress=progress, desc=stage,
-    )  # fmt: skip
-    weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
+    with work as where:
+        where = Path(where)
+
+        def save_recipe() -> None:  # once a resume is known to be possible: a refused one changes nothing
+            if is_main:
+                plan.resolved.save(where, stage=stage, extra=plan.header)
+
+        train(
+            model, rows, rec.train, where, pad_id=pad_id, loss_fn=loss_fn, resume=plan.resume,
+            progress=progress, desc=stage, on_start=save_recipe,
+        )  # fmt: skip
+        weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
+        if is_main:
+            tmp = temp_sibling(where / "model")
+            try:
+                model.save_pretrained(tmp, state_dict=weights)
+                # a model folder may have no tokenizer (built-in char models keep theirs with the data)
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    (tokenizer or AutoTokenizer.from_pretrained(model_dir)).save_pretrained(tmp)
+                plan.resolved.save(tmp, stage=stage, extra=plan.header)
+                publish_folder(tmp, where / "model")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if replacing:
+                publish_folder(where, run_dir)
     final = run_dir / "model"
     if is_main:
-        model.save_pretrained(final, state_dict=weights)
-        # a model folder may have no tokenizer (built-in char models keep theirs with the data)
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            (tokenizer or AutoTokenizer.from_pretrained(model_dir)).save_pretrained(final)
-        plan.resolved.save(final, stage=stage, extra=plan.header)
-        plan.runs_root.mkdir(parents=True, exist_ok=True)
-        (plan.runs_root / LATEST_POINTER).write_text(str(final.resolve()) + "\n")
+        write_pointer(plan.runs_root / LATEST_POINTER, final)
     if distributed:
         # every rank leaves together and closes the process group: a rank exiting with it open while
         # rank 0 still writes can abort in gloo's teardown ("terminate called without an active exception")

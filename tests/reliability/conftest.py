@@ -1,0 +1,133 @@
+"""A small workspace shared by the reliability tests: a dataset, a converted built-in model, a finished
+warm-up run and deliberately broken copies of the model folder. Built once, in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from sleepify.cli.main import main
+
+MODEL = "builtin:gdn-hybrid-4-tiny"
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """``sleepify ARGV`` in this process: (exit code, stdout, stderr). The SIGTERM handler main() installs
+    is put back afterwards."""
+    handler = signal.getsignal(signal.SIGTERM)
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (hidden ones too) -> sha256 of its bytes; symlinks -> their target."""
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if "__pycache__" in rel:
+            continue
+        if path.is_symlink():
+            digest[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            digest[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            digest[rel] = "dir"
+    return digest
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``data/rule110``, ``runs/tiny/convert`` (a model), ``runs/tiny/warmup`` (a finished 2-step run,
+    runs/latest points at its model) and broken models under ``bad/``."""
+    root = tmp_path_factory.mktemp("reliability")
+    cwd = Path.cwd()
+    os.chdir(root)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        for argv in (
+            ["-q", "data", "rule110", "--out", "data/rule110", "--t", "0", "--n-train", "32", "--n-test", "4"],  # noqa: E501
+            ["-q", "data", "rule110", "--out", "data/empty", "--t", "0", "--n-train", "0", "--n-test", "4"],
+            ["-q", "convert", MODEL, "--out", "runs/tiny/convert"],
+            ["-q", "warmup", "runs/tiny/convert", "--data", "data/rule110", "--steps", "2", "--N", "1",
+             "--out", "runs/tiny/warmup", "train.checkpoint_every=1", "train.batch_size=2"],
+            ["-q", "export", "runs/tiny/warmup", "--out", "exported"],
+        ):  # fmt: skip
+            try:
+                main(argv)
+            except SystemExit as err:
+                assert not err.code, (argv, err.code)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        os.chdir(cwd)
+    model = root / "runs/tiny/convert"
+    bad = root / "bad"
+    weights = (model / "model.safetensors").read_bytes()
+    for name, mutate in {
+        "truncated": lambda d: (d / "model.safetensors").write_bytes(weights[: len(weights) // 2]),
+        "random": lambda d: (d / "model.safetensors").write_bytes(os.urandom(4096)),
+        "empty-weights": lambda d: (d / "model.safetensors").write_bytes(b""),
+        "mismatch": lambda d: _bigger_config(d),
+        "pickle": lambda d: _pickle_only(d),
+        "no-weights": lambda d: (d / "model.safetensors").unlink(),
+        "bad-json": lambda d: (d / "config.json").write_text("{not json"),
+        "not-sleep": lambda d: _retype(d, "llama"),
+    }.items():
+        shutil.copytree(model, bad / name)
+        mutate(bad / name)
+    (root / "plain").mkdir()
+    (root / "plain" / "notes.txt").write_text("no config here\n")
+    (root / "empty.jsonl").write_text("")
+    (root / "wrong-columns.jsonl").write_text('{"foo": 1}\n{"foo": 2}\n')
+    (root / "latin1.txt").write_bytes("caf\xe9 0110".encode("latin-1"))
+    (root / "a-file").write_text("x\n")
+    return root
+
+
+def _bigger_config(folder: Path) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if key in cfg:
+            cfg[key] = int(cfg[key]) * 2
+    base = cfg.get("base_config")
+    if isinstance(base, dict) and "hidden_size" in base:
+        base["hidden_size"] = int(base["hidden_size"]) * 2
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _pickle_only(folder: Path) -> None:
+    import argparse
+
+    import torch
+
+    (folder / "model.safetensors").unlink()
+    torch.save({"x": argparse.Namespace(a=1)}, folder / "pytorch_model.bin")  # weights_only refuses it
+
+
+def _retype(folder: Path, model_type: str) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = model_type
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.fixture
+def in_workspace(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(workspace)
+    return workspace
+
+
+PY = sys.executable
