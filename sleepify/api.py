@@ -89,13 +89,30 @@ def plan(
     overwrite: bool = False,
     runs_root: str | Path = "runs",
 ) -> Any:
-    """What ``warmup`` / ``train`` with these arguments would do, with nothing written (the dry run): a
+    """What ``convert`` / ``warmup`` / ``train`` with these arguments would do, with nothing written (the dry
+    run): for ``"convert"`` a :class:`~sleepify.convert.ConvertResult` with ``dry_run=True`` (the plan, block
+    table, parameter growth and report; only the config is read), otherwise a
     :class:`~sleepify.training.stage.StagePlan` (resolved recipe, data source and format, run folder).
 
     Example::
 
+        print(sleepify.plan("convert", "builtin:gdn-hybrid-4-tiny").report)
         print(sleepify.plan("train", data="notes.jsonl", N=2).describe())
     """
+    if stage == "convert":
+        from sleepify.convert import convert as run_convert
+
+        convert_overrides = _overrides(overrides, **{"sleep.passes": N, "sleep.window": L})
+        return run_convert(
+            None if model is None else str(model),
+            recipe=_recipes(recipe) or None,
+            out_dir=out,
+            overwrite=overwrite,
+            overrides=convert_overrides,
+            log=None,
+            runs_root=runs_root,
+            dry_run=True,
+        )
     from sleepify.training.stage import plan_stage
 
     shorthands = {

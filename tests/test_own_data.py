@@ -188,7 +188,12 @@ def test_dry_run_writes_nothing(own: Path, tmp_path: Path) -> None:
 def test_the_pipeline_from_python(own: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     base = own / "base"
+    preview = sleepify.plan("convert", str(base), overrides=JET)
+    assert preview.dry_run and not Path("runs").exists()  # nothing written
     converted = sleepify.convert(str(base), overrides=JET)
+    real = json.loads((converted / "config.json").read_text())
+    assert preview.params_after > preview.params_before
+    assert [e["type"] for e in real["block_plan"]] == [e["source"].split("[")[0] for e in preview.block_table]
     assert converted == Path("runs/base/convert") and (converted / "config.json").is_file()
     plan = sleepify.plan("warmup", data=own / "qa.jsonl", N=2, steps=2)
     assert plan.data.format == "prompt-answer" and not plan.run_dir.exists()
