@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,30 @@ from sleepify.cli.main import cli
 
 
 @pytest.mark.slow
+class _TransformersRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_quickstart_quick(tmp_path: Path) -> None:
     out = tmp_path / "qs"
-    result = CliRunner().invoke(cli, ["quickstart", "--quick", "--out", str(out)], catch_exceptions=False)
+    notices = _TransformersRecords()
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(notices)
+    if hasattr(logging.Logger, "warning_once"):  # transformers' once-only warnings: each may show again here
+        logging.Logger.warning_once.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["quickstart", "--quick", "--out", str(out)], catch_exceptions=False)
+    finally:
+        hf_logger.removeHandler(notices)
     assert result.exit_code == 0, result.output
+    # no deprecation notice from transformers: our calls use the current names (sleepify/models/compat.py)
+    deprecated = [m for m in notices.messages + result.output.splitlines() if "deprecated" in m.lower()]
+    assert not deprecated, deprecated
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["results"]) == {"N=1", "N=2"}
     for key in ("converted", "warmup", "trained", "export"):

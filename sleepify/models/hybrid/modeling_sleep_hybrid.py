@@ -337,7 +337,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if return_dict is None:
-            return_dict = self.config.use_return_dict
+            return_dict = getattr(self.config, "return_dict", True)
         if cache is not None:
             if inputs_embeds is not None:
                 raise ValueError("decoding through a SleepCache takes input_ids, not inputs_embeds")
