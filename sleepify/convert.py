@@ -211,6 +211,7 @@ def build_hybrid_config(base_config: Any, recipe: Any):
         sleep_passes=sleep.passes,
         eviction=sleep.eviction,
         wake_passes=wake,
+        conv_state=sleep.conv_state,
         architectures=["SleepHybridForCausalLM"],
     )
 
@@ -605,6 +606,8 @@ def _convert_builtin(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite or rec.run.overwrite)
     base_config = builtin.build_config()
+    if rec.conversion.decay_init is not None:
+        base_config.ssm["decay_init"] = rec.conversion.decay_init
     config = build_hybrid_config(base_config, rec)
     config._attn_implementation = rec.model.attn_implementation
     with torch.random.fork_rng(devices=[]):

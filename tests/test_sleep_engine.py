@@ -143,7 +143,8 @@ def test_left_padding_equals_unpadded_stream(eviction):
             ids[:, L - p :], sleep_passes=2, eviction=eviction, logits="all", sleep_state=first.sleep_state
         )
     stream = torch.cat([first.logits, rest.logits], 1)
-    torch.testing.assert_close(full.logits[:, p:], stream, atol=1e-5, rtol=0)
+    # float32 rounding only (in float64 both are identical): up to ~1.1e-5 when the conv windows restart
+    torch.testing.assert_close(full.logits[:, p:], stream, atol=3e-5, rtol=0)
 
 
 def test_rows_are_independent_of_batch_composition():

@@ -58,6 +58,7 @@ def run_stage(
     from sleepify.evaluation import resolve_model_dir
     from sleepify.training.loop import init_distributed, train
     from sleepify.training.parallel import full_model_state
+    from sleepify.training.passes import PassesSchedule
 
     model_dir = resolve_model_dir(source, runs_root)  # a converted model folder, a stage folder, runs/latest
     stored = model_dir / RESOLVED_RECIPE_FILE
@@ -123,6 +124,7 @@ def run_stage(
         rec.train.trainable = warmup_trainable(model)
     cfg = model.config
     cfg.sleep_window, cfg.sleep_passes, cfg.eviction = rec.sleep.window, rec.sleep.passes, rec.sleep.eviction
+    cfg.conv_state = rec.sleep.conv_state
     if torch.cuda.is_available():
         model.cuda()
     pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
@@ -138,7 +140,18 @@ def run_stage(
             truncate_windows=rec.sleep.truncate_windows,
         ).loss
 
-    train(model, split, rec.train, run_dir, pad_id=pad_id, loss_fn=loss_fn, resume=resume, progress=progress)
+    schedule = PassesSchedule.from_recipe(rec.sleep)  # None: every step uses sleep.passes
+    train(
+        model,
+        split,
+        rec.train,
+        run_dir,
+        pad_id=pad_id,
+        loss_fn=loss_fn,
+        resume=resume,
+        progress=progress,
+        passes_schedule=schedule,
+    )
     weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
     final = run_dir / "model"
     if is_main:
