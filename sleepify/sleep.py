@@ -29,6 +29,8 @@ The rules (SPEC §3, paper Algorithm 1)
 3. In every window the prelude runs once. Then the looped blocks run ``wake_passes`` passes (wake) or
    ``N * wake_passes`` passes (sleep); pass ``n`` reads the hidden states of pass ``n - 1`` and every mixer
    continues from the state S that pass ``n - 1`` left (Algorithm 1, line 8: ``h, S <- Blocks(h, S)``).
+   Only S carries: with ``conv_state="reset"`` (the default) every mixer's short-convolution window starts
+   empty in every pass of every window; ``"carry"`` (a method variant) lets it flow on like S.
    Then the coda runs once, then the final norm and the LM head.
    Rows of one batch that disagree (some wake, some sleep) are handled exactly: the first ``wake_passes``
    passes of a consolidation *are* the wake forward, so the wake rows read their hidden states and states
