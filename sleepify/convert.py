@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from sleepify.errors import ModelLoadError, SleepifyError
+from sleepify.layers.gates import spread_rate_min
 from sleepify.models.registry import ALIASES, ModelAlias, get_alias
 
 __all__ = [
@@ -204,7 +205,7 @@ def build_hybrid_config(base_config: Any, recipe: Any):
     return SleepHybridConfig(
         base_config=base_config.to_dict(),
         block_plan=plan,
-        jet=conv.jet.model_dump() if inserted else {},
+        jet={**conv.jet.model_dump(), "decay_rate_min": spread_rate_min(sleep.window)} if inserted else {},
         loop_start=conv.loop.start,
         loop_end=conv.loop.end,
         sleep_window=sleep.window,
@@ -608,6 +609,7 @@ def _convert_builtin(
     base_config = builtin.build_config()
     if rec.conversion.decay_init is not None:
         base_config.ssm["decay_init"] = rec.conversion.decay_init
+    base_config.ssm["decay_rate_min"] = spread_rate_min(rec.sleep.window)
     config = build_hybrid_config(base_config, rec)
     config._attn_implementation = rec.model.attn_implementation
     with torch.random.fork_rng(devices=[]):

@@ -52,8 +52,8 @@ class JetBlockConfig:
     ``value_dim = num_heads·head_v_dim``; the kernel generator's hidden width is
     ``value_dim // generator_reduction``. ``zero_output`` zero-initialises ``o_proj`` so that inserting the
     block into a pretrained residual stream changes nothing at initialisation. ``decay_init`` picks the
-    forget-gate initialisation (``"spread"``, the default, or ``"fla"``; see
-    :func:`sleepify.layers.gates.decay_init_values`).
+    forget-gate initialisation (``"spread"``, the default, or ``"fla"``) and ``decay_rate_min`` the spread
+    init's slowest rate (see :func:`sleepify.layers.gates.decay_init_values`).
     """
 
     hidden_size: int = 2048
@@ -66,6 +66,7 @@ class JetBlockConfig:
     initializer_range: float = 0.02
     zero_output: bool = False
     decay_init: str = "spread"
+    decay_rate_min: float = 1e-3
 
     def __post_init__(self) -> None:
         # Jet-Nemotron configs store norm_eps as a string ("1e-5").
@@ -201,7 +202,10 @@ class JetBlock(nn.Module):
         else:
             gen_device = generator.device if generator is not None else torch.device("cpu")
             A_log, dt_bias = decay_init_values(
-                c.num_heads, c.decay_init, generator=generator if gen_device.type == "cpu" else None
+                c.num_heads,
+                c.decay_init,
+                generator=generator if gen_device.type == "cpu" else None,
+                rate_min=c.decay_rate_min,
             )
             values["A_log"], values["dt_bias"] = A_log.to(dev), dt_bias.to(dev)
         gen = self.dynamic_conv1d.kernel_generator

@@ -19,7 +19,7 @@ from sleepify.convert import build_hybrid_config, convert
 from sleepify.data.rule110 import make_rows
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
-from sleepify.layers.gates import decay_init_values
+from sleepify.layers.gates import decay_init_values, spread_rate_min
 from sleepify.layers.jet_block import JetBlock, JetBlockConfig
 from sleepify.models.hybrid import SleepHybridForCausalLM
 from sleepify.models.scratch import SleepScratchForCausalLM, builtin_config
@@ -35,9 +35,11 @@ def decays(module: torch.nn.Module) -> torch.Tensor:
     return torch.exp(-module.A_log.double().exp() * F.softplus(module.dt_bias.double()))
 
 
-def expected_spread(heads: int) -> torch.Tensor:
-    """Independent statement of the spread init: rates 10^(-3 + 2 (h + 1/2) / H), decay exp(-rate)."""
-    return torch.tensor([math.exp(-(10 ** (-3 + 2 * (h + 0.5) / heads))) for h in range(heads)])
+def expected_spread(heads: int, rate_min: float = 1e-3) -> torch.Tensor:
+    """Independent statement of the spread init: rates log-spaced from rate_min to 0.1 at the bin midpoints,
+    with the default rate_min 10^(-3 + 2 (h + 1/2) / H); decay exp(-rate)."""
+    lo, hi = math.log10(rate_min), -1.0
+    return torch.tensor([math.exp(-(10 ** (lo + (hi - lo) * (h + 0.5) / heads))) for h in range(heads)])
 
 
 def gdn(heads: int, decay_init: str = "spread") -> GatedDeltaNet:
@@ -116,11 +118,27 @@ def test_convert_decay_init_keys(tmp_path: Path) -> None:
     jet_keys = ["conversion.jet_layers=[0]", "conversion.jet.num_heads=2", "conversion.jet.head_dim=8",
                 "conversion.jet.generator_reduction=4"]  # fmt: skip
     for out, extra in (("spread", []), ("jet-fla", ["conversion.jet.decay_init=fla"])):
-        convert(str(tmp_path / "base"), out_dir=tmp_path / out, overrides=[*jet_keys, *extra], log=None)
+        overrides = [*jet_keys, "sleep.window=2000", *extra]
+        convert(str(tmp_path / "base"), out_dir=tmp_path / out, overrides=overrides, log=None)
         model = AutoModelForCausalLM.from_pretrained(tmp_path / out)
         d = decays(model.jet_layers[0].mixer)
-        spread = torch.allclose(d, expected_spread(2).double(), rtol=0, atol=1e-7)
+        # L = 2000: the slowest time constant is 40 windows (rate 1.25e-5), not 1000 tokens
+        spread = torch.allclose(d, expected_spread(2, 1 / (40 * 2000)).double(), rtol=0, atol=1e-7)
         assert spread == (out == "spread")
+        if spread:  # the slower of 2 heads keeps > 30 % of a window after one window slept with N = 4
+            assert float(d.max()) ** (4 * 2000) > 0.3
+            assert model.config.jet["decay_rate_min"] == pytest.approx(1.25e-5)
+
+
+def test_spread_rate_min_follows_the_window(tmp_path: Path) -> None:
+    assert spread_rate_min(24) == 1e-3 and spread_rate_min(75) == pytest.approx(1 / 3000)
+    assert spread_rate_min(2000) == pytest.approx(1.25e-5)
+    # a built-in model converted for L = 75 (Depo) gets the window's range
+    convert("builtin:jet-hybrid-10-tiny", out_dir=tmp_path / "depo", overrides=["sleep.window=75"], log=None)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "depo")
+    mixers = [m for m in model.modules() if isinstance(m, JetBlock)]
+    for m in mixers:
+        torch.testing.assert_close(decays(m), expected_spread(2, 1 / 3000).double(), rtol=0, atol=1e-7)
 
 
 def first_window_gradient_ratio(decay_init: str, seed: int, passes: int = 4) -> float:

@@ -149,6 +149,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
                 initializer_range=getattr(base_config, "initializer_range", 0.02),
                 zero_output=True,
                 decay_init=config.jet.get("decay_init", "spread"),
+                decay_rate_min=float(config.jet.get("decay_rate_min", 1e-3)),
                 **{k: config.jet[k] for k in JET_SIZE_KEYS},
             )
             eps = float(getattr(base_config, "rms_norm_eps", 1e-6))

@@ -34,6 +34,7 @@ SSM_DEFAULTS: dict[str, Any] = {
     "generator_reduction": 8,
     "norm_eps": 1e-5,
     "decay_init": "spread",  # forget-gate init of the SSM mixers (sleepify.layers.gates.decay_init_values)
+    "decay_rate_min": 1e-3,  # its slowest rate (sleepify convert sets spread_rate_min(sleep.window))
 }
 
 
@@ -100,6 +101,7 @@ class SleepScratchConfig(PreTrainedConfig):
             conv_size=int(s["conv_size"]),
             norm_eps=float(s["norm_eps"]),
             decay_init=str(s["decay_init"]),
+            decay_rate_min=float(s["decay_rate_min"]),
         )
 
     def jet_config(self):
@@ -116,6 +118,7 @@ class SleepScratchConfig(PreTrainedConfig):
             norm_eps=float(s["norm_eps"]),
             initializer_range=self.initializer_range,
             decay_init=str(s["decay_init"]),
+            decay_rate_min=float(s["decay_rate_min"]),
         )
 
     def validate_architecture(self):
