@@ -15,7 +15,7 @@ its order on the data seed only (the same for every N). The pairs run in the giv
 pair, the arms in the given order, one process at a time (``OMP_NUM_THREADS=1``), so every completed pair
 is a full N comparison. Finished runs are skipped, so the script can be restarted. After every run it
 rewrites ``OUT/results.jsonl``, ``OUT/results.md`` (per run and the mean / spread per arm) and
-``OUT/results.png``.
+``OUT/results.png``. ``--summarise-only`` rewrites those from the finished runs without running anything.
 
 Usage::
 
@@ -62,6 +62,17 @@ def left_plateau(metrics: Path) -> int | None:
     return None
 
 
+def train_wall(run: Path, data_dir: Path, batch: int = 64) -> float:
+    """Training wall time from the run's metrics: ``tokens_per_s`` is averaged since the process started,
+    so ``step * batch * row length / tokens_per_s`` (Rule 110 rows have one length; exact for a run that
+    was not resumed, and independent of how long the relaunch of a finished run took)."""
+    import datasets
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    length = len(datasets.load_from_disk(str(data_dir))["train"][0]["input_ids"])
+    return round(rows[-1]["step"] * batch * length / rows[-1]["tokens_per_s"], 1)
+
+
 def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path) -> dict:
     data_dir = out / f"data-t{t}-d{data}"
     convert_dir = out / f"convert-i{init}"
@@ -78,7 +89,7 @@ def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path) -> dic
     recipes = ["-r", RECIPE] + (["-r", CURRICULUM] if arm == "curriculum" else ["--N", arm])
     resume = ["--resume", "auto"]
     train = ["train", str(convert_dir), *recipes, "--data", str(data_dir), f"train.seed={data}"]
-    wall = sh(sleepify(*train, "--out", str(run), *resume), log)
+    sh(sleepify(*train, "--out", str(run), *resume), log)
     sh(
         sleepify("eval", str(run / "model"), "--data", str(data_dir), "--out", str(run / "eval"), "--quiet"),
         log,
@@ -92,7 +103,7 @@ def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path) -> dic
         "exact_match": ev["accuracy"],
         "answer_loss": ev["loss"],
         "left_plateau_step": left_plateau(run / "metrics.jsonl"),
-        "train_wall_s": round(wall, 1),
+        "train_wall_s": train_wall(run, data_dir),
     }
     result_file.write_text(json.dumps(result) + "\n")
     return result
@@ -163,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t", type=int, default=2)
     p.add_argument("--pairs", nargs="+", default=["0:0", "1:1", "2:0", "0:1", "1:0", "2:1"])
     p.add_argument("--arms", nargs="+", default=["1", "2", "4", "curriculum"])
+    p.add_argument("--summarise-only", action="store_true", help="tables and plot of the finished runs only")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "commands.log"
@@ -170,9 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     for pair in args.pairs:
         init, data = (int(x) for x in pair.split(":"))
         for arm in args.arms:
+            if args.summarise_only:
+                run = args.out / f"t{args.t}-i{init}-d{data}-N{arm}"
+                if not (run / "result.json").is_file():
+                    continue
+                r = json.loads((run / "result.json").read_text())
+                r["train_wall_s"] = train_wall(run, args.out / f"data-t{args.t}-d{data}")
+                results.append(r)
+                continue
             results.append(run_one(args.out, args.t, init, data, arm, log))
             summarise(args.out, results, args.arms)
             print(json.dumps(results[-1]), flush=True)
+    if args.summarise_only and results:
+        summarise(args.out, results, args.arms)
     return 0
 
 
