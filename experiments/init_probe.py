@@ -40,7 +40,9 @@ from sleepify.models.scratch.builtin import get_builtin
 from sleepify.sleep import SleepState, run_window
 
 
-def build(model: str, recipe: str, seed: int, decay_init: str, conv_state: str) -> SleepHybridForCausalLM:
+def build(
+    model: str, recipe: str, seed: int, decay_init: str, conv_state: str, ssm: dict | None = None
+) -> SleepHybridForCausalLM:
     overrides = [
         f"train.seed={seed}",
         f"conversion.decay_init={decay_init}",
@@ -49,6 +51,7 @@ def build(model: str, recipe: str, seed: int, decay_init: str, conv_state: str) 
     rec = load_recipe([recipe], overrides).recipe
     base = get_builtin(model).build_config()
     base.ssm["decay_init"] = decay_init
+    base.ssm.update(ssm or {})
     config = build_hybrid_config(base, rec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--t", type=int, default=2)
+    p.add_argument("--ssm-heads", type=int, help="override the model's SSM heads (head counts at small d)")
+    p.add_argument("--ssm-head-dim", type=int, help="override the model's SSM head dimension")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -133,11 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     print("init    seed  decay (per head)                        N  imprint    grad_first grad_last")
     for kind in args.decay_init:
         for seed in args.seeds:
-            model = build(args.model, args.recipe, seed, kind, args.conv_state)
+            ssm = {k: v for k, v in (("num_heads", args.ssm_heads), ("head_dim", args.ssm_head_dim)) if v}
+            model = build(args.model, args.recipe, seed, kind, args.conv_state, ssm)
             d = decays(model)
             for n in args.passes:
                 torch.manual_seed(0)
                 r = {"decay_init": kind, "seed": seed, "conv_state": args.conv_state, "passes": n, "decay": d}
+                r["ssm"] = {k: model.base.config.ssm[k] for k in ("num_heads", "head_dim")}
                 r.update(probe(model, batch, n))
                 results.append(r)
                 ds = " ".join(f"{x:.4f}" for x in d)
