@@ -47,6 +47,7 @@ from torch import nn
 
 from sleepify.errors import ModelLoadError, SleepifyError
 from sleepify.fsutil import RunLock, check_free_space, publish_folder, refuse_inside, staging, write_pointer
+from sleepify.layers.gates import spread_rate_min
 from sleepify.models.registry import ALIASES, ModelAlias, get_alias
 
 __all__ = [
@@ -685,6 +686,9 @@ def _convert_builtin(
         f"initialised from scratch, seed {rec.train.seed}; "
         f"character tokenizer, vocab {base_config.vocab_size})"
     )
+    if rec.conversion.decay_init is not None:
+        base_config.ssm["decay_init"] = rec.conversion.decay_init
+    base_config.ssm["decay_rate_min"] = spread_rate_min(rec.sleep.window)
     built = _plan_and_build(base_config, resolved, dry_run)
     if dry_run:
         return _dry_run_result(builtin.name, described, built, out_dir, overwrite or rec.run.overwrite, log)

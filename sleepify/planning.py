@@ -68,6 +68,7 @@ class ConversionPlan:
     passes: int
     eviction: str
     wake_passes: int
+    conv_state: str
     max_param_growth: float
     base_params: int
     jet_layer_params: int  # of one inserted Jet layer (norm + JetBlock)
@@ -117,18 +118,22 @@ class ConversionPlan:
 
     def hybrid_config(self) -> Any:
         """The :class:`~sleepify.models.hybrid.SleepHybridConfig` of this plan."""
+        from sleepify.layers.gates import spread_rate_min
         from sleepify.models.hybrid import SleepHybridConfig
 
+        # the slowest forget-gate rate of the "spread" init follows the window (layers/gates.py)
+        jet = {**self.jet, "decay_rate_min": spread_rate_min(self.window)} if self.jet else {}
         return SleepHybridConfig(
             base_config=self.base_config.to_dict(),
             block_plan=self.block_plan,
-            jet=dict(self.jet),
+            jet=jet,
             loop_start=self.loop_start,
             loop_end=self.loop_end,
             sleep_window=self.window,
             sleep_passes=self.passes,
             eviction=self.eviction,
             wake_passes=self.wake_passes,
+            conv_state=self.conv_state,
             architectures=["SleepHybridForCausalLM"],
         )
 
@@ -284,7 +289,9 @@ def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
     # -- Jet size candidates
     heads, head_dim = _attention_shape(base_config)
     jet = conv.jet
-    fixed = {k: getattr(jet, k) for k in ("expand_v", "conv_size", "generator_reduction", "norm_eps")}
+    fixed = {
+        k: getattr(jet, k) for k in ("expand_v", "conv_size", "generator_reduction", "norm_eps", "decay_init")
+    }
     set_keys = jet.model_fields_set
     for k in fixed:
         sources[f"conversion.jet.{k}"] = RECIPE if k in set_keys else "default (schema)"
@@ -395,6 +402,7 @@ def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
         passes=sleep.passes,
         eviction=sleep.eviction,
         wake_passes=wake,
+        conv_state=sleep.conv_state,
         max_param_growth=budget,
         base_params=base_params,
         jet_layer_params=per_layer(num_heads) if jet_layers else 0,

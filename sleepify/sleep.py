@@ -29,6 +29,8 @@ The rules (SPEC §3, paper Algorithm 1)
 3. In every window the prelude runs once. Then the looped blocks run ``wake_passes`` passes (wake) or
    ``N * wake_passes`` passes (sleep); pass ``n`` reads the hidden states of pass ``n - 1`` and every mixer
    continues from the state S that pass ``n - 1`` left (Algorithm 1, line 8: ``h, S <- Blocks(h, S)``).
+   Only S carries: with ``conv_state="reset"`` (the default) every mixer's short-convolution window starts
+   empty in every pass of every window; ``"carry"`` (a method variant) lets it flow on like S.
    Then the coda runs once, then the final norm and the LM head.
    Rows of one batch that disagree (some wake, some sleep) are handled exactly: the first ``wake_passes``
    passes of a consolidation *are* the wake forward, so the wake rows read their hidden states and states
@@ -102,6 +104,7 @@ __all__ = [
 IGNORE = -100
 EVICTIONS = ("hard", "sliding")
 LOGITS_MODES = ("stream", "wake", "all", "none")  # see sleep_forward
+CONV_STATES = ("reset", "carry")
 KV = tuple[Tensor, Tensor]  # (key, value), each [B, H_kv, K, D]
 
 
@@ -121,10 +124,13 @@ class SleepSettings:
     truncate_passes: int | None = None
     truncate_windows: int | None = None
     backend: str = "auto"  # passed to the mixers' ops
+    conv_state: str = "reset"  # "reset" (Algorithm 1: only S carries) | "carry" (method variant)
 
     def __post_init__(self) -> None:
         if self.eviction not in EVICTIONS:
             raise SleepifyError(f"eviction must be one of {EVICTIONS}, got {self.eviction!r}")
+        if self.conv_state not in CONV_STATES:
+            raise SleepifyError(f"conv_state must be one of {CONV_STATES}, got {self.conv_state!r}")
         for name in ("window", "passes", "wake_passes"):
             if int(getattr(self, name)) < 1:
                 raise SleepifyError(f"sleep {name} must be >= 1, got {getattr(self, name)}")
@@ -357,6 +363,16 @@ def _select(rows: Tensor, if_true: Any, if_false: Any) -> Any:
     return torch.where(r, if_true, if_false)
 
 
+def _empty_conv(mixers: dict[int, MixerState], blocks: Sequence[int] | None = None) -> dict[int, MixerState]:
+    """``mixers`` with the short-convolution window of every (listed) mixer emptied (zeros: the history a
+    fresh state holds) and S kept: what a mixer starts a pass from under ``conv_state="reset"``."""
+    out = dict(mixers)
+    for i, m in mixers.items():
+        if m is not None and m.conv and (blocks is None or i in blocks):
+            out[i] = MixerState(m.recurrent, tuple(torch.zeros_like(c) for c in m.conv))
+    return out
+
+
 def _detach(x: Any) -> Any:
     if x is None:
         return None
@@ -431,6 +447,8 @@ def _window_core(
                     mixers[i] = mixers[i].detach()
             kv_out = {key: _detach(val) if start <= key[0] < end else val for key, val in kv_out.items()}
         slot = n % wp
+        if n > 0 and settings.conv_state == "reset":  # Algorithm 1: each pass carries S only
+            mixers = _empty_conv(mixers, range(start, end))
         for i in range(start, end):
             h = run(i, h, slot, mixers, kv_out, rec=n == wp - 1)
         h = stack.pass_hook(h)
@@ -457,6 +475,12 @@ def _window_core(
     }
     out_kv = {k: _select(sleep_rows, kv_out.get(k), wake_kv.get(k)) for k in kv_out.keys() | wake_kv}
     return wake_h, (h if want_sleep_h else None), out_mixers, out_kv
+
+
+def _entry_mixers(settings: SleepSettings, mixers: dict[int, MixerState]) -> dict[int, MixerState]:
+    """The mixer states a new window starts from: as they are (``conv_state="carry"``) or with every
+    conv window emptied (``"reset"``: only S crosses the window boundary, Algorithm 1)."""
+    return _empty_conv(mixers) if settings.conv_state == "reset" else mixers
 
 
 def _window_context(
@@ -558,6 +582,7 @@ def run_window(
     k_index, k_valid = ctx.k_index, ctx.k_valid
     counter = [0]
     kv_in = state.kv if sliding else {}
+    entry_mixers = _entry_mixers(settings, state.mixers)
 
     if hidden is not None and mode == "sleep":
         raise ValueError("run_window: hidden states need a wake branch (mode 'wake' or 'mixed')")
@@ -574,10 +599,10 @@ def run_window(
 
     if settings.checkpoint_windows and torch.is_grad_enabled():
         h_wake, h_sleep, mixers, kv_full, traced = checkpoint(
-            core, state.mixers, kv_in, use_reentrant=False, preserve_rng_state=True
+            core, entry_mixers, kv_in, use_reentrant=False, preserve_rng_state=True
         )
     else:
-        h_wake, h_sleep, mixers, kv_full, traced = core(state.mixers, kv_in)
+        h_wake, h_sleep, mixers, kv_full, traced = core(entry_mixers, kv_in)
     passes = counter[0]  # read now: a checkpointed window's recomputation (in backward) counts again
 
     new_state = SleepState(mixers=mixers, offset=state.offset + T, seen=seen + real.long().sum(1))
@@ -710,7 +735,16 @@ def extend_window(
             batch_size=B,
         )
         h, _, mixers, _ = _window_core(
-            stack, settings, "wake", None, all_ids, ctx, entry.mixers, entry.kv if sliding else {}, False, [0]
+            stack,
+            settings,
+            "wake",
+            None,
+            all_ids,
+            ctx,
+            _entry_mixers(settings, entry.mixers),
+            entry.kv if sliding else {},
+            False,
+            [0],
         )
         h = h[:, -T:]
         kv, k_index, k_valid = window.kv, window.k_index, window.k_valid
@@ -737,8 +771,10 @@ def extend_window(
         ctx.kv_capacity = capacity
         # a block's buffer when it has one (views of it otherwise: with gradients nothing is written in place)
         kv_in = {**window.kv, **window.kv_buffers} if capacity is not None else window.kv
+        # the window's first columns start from the entry state as run_window does; later ones continue
+        mixers_in = window.mixers if window.length else _entry_mixers(settings, window.mixers)
         h, _, mixers, kv_full = _window_core(
-            stack, settings, "wake", None, input_ids, ctx, window.mixers, kv_in, False, [0]
+            stack, settings, "wake", None, input_ids, ctx, mixers_in, kv_in, False, [0]
         )
         buffers = {key: x for key, x in kv_full.items() if isinstance(x, KVBuffer)}
         kv = {key: x.view() if isinstance(x, KVBuffer) else x for key, x in kv_full.items()}

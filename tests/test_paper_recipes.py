@@ -91,6 +91,7 @@ def test_paper_recipes_carry_the_papers_settings() -> None:
     assert depo.model.source == "builtin:jet-hybrid-10"
     assert (depo.sleep.window, depo.sleep.eviction, depo.train.batch_size) == (75, "hard", 128)
     assert depo.train.optimizer.muon_lr == pytest.approx(2e-3)
+    assert depo.train.steps == 100_000  # not the default 100: Rule 110's ~5B-token budget (issue 14)
 
     for name in ("gsm-ouro-1.4b", "gsm-jet-nemotron-2b"):
         rec = r[name]

@@ -166,6 +166,7 @@ def test_train_fsdp_2_ranks_equals_single_process(chain: Path) -> None:
     def losses(run: str) -> list[float]:
         return [json.loads(x)["loss"] for x in (chain / run / "metrics.jsonl").read_text().splitlines()]
 
+    # bf16 Muon rounding (see below) moves the third step's loss by up to ~2e-5 (seen with the spread init)
     assert losses("fsdp") == pytest.approx(losses("single3"), abs=1e-5)
     single = AutoModelForCausalLM.from_pretrained(chain / "single3" / "model")
     sharded = AutoModelForCausalLM.from_pretrained(chain / "fsdp" / "model")

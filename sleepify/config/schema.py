@@ -45,6 +45,11 @@ class JetSection(Section):
     conv_size: int = Field(4, gt=0, description="width W of the dynamic convolution on values")
     generator_reduction: int = Field(8, gt=0, description="kernel-generator hidden = value_dim / reduction")
     norm_eps: float = Field(1e-5, gt=0, description="epsilon of the gated RMSNorm")
+    decay_init: Literal["spread", "fla"] = Field(
+        "spread",
+        description="forget-gate (A_log, dt_bias) init: spread (per-head decay rates log-spaced in "
+        "[1e-3, 0.1], the same for every seed; docs/sleep-semantics.md) or fla (fla/Mamba2's random draw)",
+    )
 
 
 class LoopSection(Section):
@@ -73,6 +78,18 @@ class ConversionSection(Section):
         gt=0,
         description="budget of the default rules: inserted parameters / base parameters at most this",
     )
+    decay_init: Literal["spread", "fla"] | None = Field(
+        None,
+        description="forget-gate init of the SSM mixers of a builtin:NAME model (null = the model's own "
+        "default, spread); inserted Jet layers use conversion.jet.decay_init",
+    )
+
+
+class PassesStep(Section):
+    """One entry of ``sleep.passes_schedule``: from optimizer step ``step`` on (0-based), ``passes`` = N."""
+
+    step: int = Field(ge=0, description="first optimizer step (0-based) that uses these passes")
+    passes: int = Field(ge=1, description="N from this step on")
 
 
 class SleepSection(Section):
@@ -87,6 +104,38 @@ class SleepSection(Section):
     checkpoint_windows: bool = Field(True, description="activation checkpointing per window in training")
     truncate_passes: int | None = Field(None, ge=1, description="backprop through only the last k passes")
     truncate_windows: int | None = Field(None, ge=1, description="backprop through only the last k windows")
+    conv_state: Literal["reset", "carry"] = Field(
+        "reset",
+        description="short-convolution state of the SSM mixers: reset (Algorithm 1: only S carries; the "
+        "conv window starts empty in every pass of every window) or carry (method variant: it flows on "
+        "like S, across passes and windows)",
+    )
+    passes_schedule: list[PassesStep] | None = Field(
+        None,
+        description="N over training: [{step: 0, passes: 2}, {step: 250, passes: 4}] = N = 2 for steps "
+        "0-249, then 4 (steps count from 0; the first entry is step 0; sleep.passes must equal the last "
+        "entry: it is the N the trained model keeps)",
+    )
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> SleepSection:
+        schedule = self.passes_schedule
+        if schedule is None:
+            return self
+        if not schedule:
+            raise ValueError("sleep.passes_schedule is empty: give at least [{step: 0, passes: N}] or null")
+        if schedule[0].step != 0:
+            raise ValueError(f"sleep.passes_schedule must start at step 0, got step {schedule[0].step}")
+        steps = [e.step for e in schedule]
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"sleep.passes_schedule steps must increase strictly, got {steps}")
+        if self.passes != schedule[-1].passes:
+            raise ValueError(
+                f"sleep.passes ({self.passes}) must equal the last sleep.passes_schedule entry "
+                f"({schedule[-1].passes}): the trained model keeps the N it was trained with last "
+                "(to train without the schedule, set sleep.passes_schedule=null)"
+            )
+        return self
 
 
 class DataSection(Section):

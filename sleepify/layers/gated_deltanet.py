@@ -28,6 +28,8 @@ class GatedDeltaNetConfig:
     expand_v: float = 2.0
     conv_size: int = 4
     norm_eps: float = 1e-5
+    decay_init: str = "spread"  # forget-gate init (sleepify.layers.gates.decay_init_values)
+    decay_rate_min: float = 1e-3  # the "spread" init's slowest per-token rate
 
     @property
     def key_dim(self) -> int:
@@ -60,7 +62,7 @@ class GatedDeltaNet(nn.Module):
         self.b_proj = nn.Linear(D, c.v_heads, bias=False)
         self.A_log = nn.Parameter(torch.empty(c.v_heads))
         self.dt_bias = nn.Parameter(torch.empty(c.v_heads))
-        init_decay_parameters(self.A_log, self.dt_bias)
+        init_decay_parameters(self.A_log, self.dt_bias, c.decay_init, rate_min=c.decay_rate_min)
         self.q_conv1d = nn.Conv1d(c.key_dim, c.key_dim, c.conv_size, groups=c.key_dim, bias=False)
         self.k_conv1d = nn.Conv1d(c.key_dim, c.key_dim, c.conv_size, groups=c.key_dim, bias=False)
         self.v_conv1d = nn.Conv1d(c.value_dim, c.value_dim, c.conv_size, groups=c.value_dim, bias=False)

@@ -31,14 +31,13 @@ across rows, so there is no cross-sequence leakage.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sleepify.layers.gates import delta_rule_gates
+from sleepify.layers.gates import DECAY_INITS, decay_init_values, delta_rule_gates
 from sleepify.layers.norm import GatedRMSNorm
 from sleepify.layers.state import MixerState
 
@@ -52,7 +51,9 @@ class JetBlockConfig:
     ``key_dim = num_heads·head_dim``, ``head_v_dim = int(head_dim·expand_v)``,
     ``value_dim = num_heads·head_v_dim``; the kernel generator's hidden width is
     ``value_dim // generator_reduction``. ``zero_output`` zero-initialises ``o_proj`` so that inserting the
-    block into a pretrained residual stream changes nothing at initialisation.
+    block into a pretrained residual stream changes nothing at initialisation. ``decay_init`` picks the
+    forget-gate initialisation (``"spread"``, the default, or ``"fla"``) and ``decay_rate_min`` the spread
+    init's slowest rate (see :func:`sleepify.layers.gates.decay_init_values`).
     """
 
     hidden_size: int = 2048
@@ -64,6 +65,8 @@ class JetBlockConfig:
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     zero_output: bool = False
+    decay_init: str = "spread"
+    decay_rate_min: float = 1e-3
 
     def __post_init__(self) -> None:
         # Jet-Nemotron configs store norm_eps as a string ("1e-5").
@@ -74,6 +77,10 @@ class JetBlockConfig:
             if int(value) != value or value < 1:
                 raise ValueError(f"JetBlockConfig.{name} must be a positive integer, got {value!r}")
             setattr(self, name, int(value))
+        if self.decay_init not in DECAY_INITS:
+            raise ValueError(
+                f"JetBlockConfig.decay_init must be one of {DECAY_INITS}, got {self.decay_init!r}"
+            )
         if self.head_v_dim < 1 or self.generator_hidden < 1:
             raise ValueError(
                 f"JetBlockConfig: head_dim·expand_v = {self.head_v_dim} and value_dim // generator_reduction "
@@ -140,10 +147,6 @@ class DynamicShortConvolution(nn.Module):
         return k.view(*k.shape[:-1], self.hidden_size, self.kernel_size)
 
 
-def _inverse_softplus(x: Tensor) -> Tensor:
-    return x + torch.log(-torch.expm1(-x))
-
-
 class JetBlock(nn.Module):
     """Jet-Nemotron's JetBlock token mixer with an explicit state (see the module docstring)."""
 
@@ -184,7 +187,9 @@ class JetBlock(nn.Module):
         """Upstream's special initial values, keyed by parameter name (the plain Linear weights are not
         included; they get the usual ``normal(0, initializer_range)``).
 
-        - ``A_log = log(U(0, 16))``; ``dt_bias = softplus⁻¹(dt)``, ``dt = exp(U(log 1e-3, log 0.1))`` ≥ 1e-4
+        - ``A_log``, ``dt_bias``: :func:`~sleepify.layers.gates.decay_init_values` with ``config.decay_init``
+          (``"fla"`` is upstream's: ``A_log = log(U(0, 16))``, ``dt = exp(U(log 1e-3, log 0.1))`` ≥ 1e-4;
+          ``"spread"``, the default, is deterministic: ``A = 1``, per-head rates log-spaced in [1e-3, 0.1])
         - kernel generator: zero weights, ``w2.bias ~ normal(0, initializer_range)`` (a static kernel)
         - ``o_proj.weight = 0`` when ``config.zero_output``.
         """
@@ -195,11 +200,14 @@ class JetBlock(nn.Module):
             values["A_log"] = torch.empty_like(self.A_log)
             values["dt_bias"] = torch.empty_like(self.dt_bias)
         else:
-            A = torch.rand(c.num_heads, device=dev, generator=generator) * 16
-            values["A_log"] = torch.log(A.clamp_min(torch.finfo(torch.float32).tiny))
-            u = torch.rand(c.num_heads, device=dev, generator=generator)
-            dt = torch.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
-            values["dt_bias"] = _inverse_softplus(dt)
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            A_log, dt_bias = decay_init_values(
+                c.num_heads,
+                c.decay_init,
+                generator=generator if gen_device.type == "cpu" else None,
+                rate_min=c.decay_rate_min,
+            )
+            values["A_log"], values["dt_bias"] = A_log.to(dev), dt_bias.to(dev)
         gen = self.dynamic_conv1d.kernel_generator
         values["dynamic_conv1d.kernel_generator.w1.weight"] = torch.zeros_like(gen.w1.weight)
         values["dynamic_conv1d.kernel_generator.w2.weight"] = torch.zeros_like(gen.w2.weight)

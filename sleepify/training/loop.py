@@ -44,6 +44,7 @@ from sleepify.training.parallel import (
     load_full_optimizer_state,
     saved_weight_shapes,
 )
+from sleepify.training.passes import PassesSchedule
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -162,10 +163,15 @@ def train(
     progress: bool = True,
     desc: str = "train",
     on_start: Callable[[], None] | None = None,
+    passes_schedule: PassesSchedule | None = None,
 ) -> TrainResult:
     """Train ``model`` in place. ``stop_after`` ends early after that many steps (tests simulate a kill);
     ``desc`` names the progress bar (the stage: warmup or train); ``on_start`` runs once the checkpoint to
-    resume from has loaded (a refused resume writes nothing), before the first step."""
+    resume from has loaded (a refused resume writes nothing), before the first step.
+
+    ``passes_schedule`` (``sleep.passes_schedule``): before every step the loop adds ``sleep_passes=N`` of
+    that step to the batch the loss function receives (the sleep model's forward reads it), logs N as
+    ``sleep_passes`` and keeps the schedule in the checkpoints; resuming under another schedule stops."""
     run_dir = Path(run_dir)
     rank, world = _world()
     is_main = rank == 0
@@ -198,6 +204,13 @@ def train(
         order.position = DataPosition(**state["data_position"])
         set_rng_state(state["rng"])
         step = int(state["step"])
+        saved = state.get("passes_schedule")
+        now = passes_schedule.to_list() if passes_schedule is not None else None
+        if saved != now:
+            raise TrainingError(
+                f"checkpoint {ckpt} was trained with sleep.passes_schedule {saved}, the recipe now gives "
+                f"{now}: resume with the run's own schedule"
+            )
 
     ddp_model = model
     if world > 1 and not fsdp:
@@ -235,6 +248,7 @@ def train(
                 "schedulers": [s.state_dict() for s in schedulers],
                 "data_position": order.position.to_dict(),
                 "rng": rng_state(),
+                "passes_schedule": passes_schedule.to_list() if passes_schedule is not None else None,
             }
             save_checkpoint(
                 run_dir,
@@ -259,10 +273,13 @@ def train(
             step_loss = 0.0
             n_loss_tokens = 0
             chunks = list(micro_batches(indices, micro))
+            passes = passes_schedule.at(step) if passes_schedule is not None else None
             for i, chunk in enumerate(chunks):
                 rows = [dataset[j] for j in chunk]
                 length = _max_over_ranks(max(len(r["input_ids"]) for r in rows), device) if fsdp else None
-                batch = {k: v.to(device) for k, v in collate(rows, pad_id, length).items()}
+                batch: dict[str, Any] = {k: v.to(device) for k, v in collate(rows, pad_id, length).items()}
+                if passes is not None:
+                    batch["sleep_passes"] = passes
                 sync = i == len(chunks) - 1 or world == 1
                 ctx = (
                     ddp_model.no_sync() if (world > 1 and not sync and not fsdp) else contextlib.nullcontext()
@@ -296,9 +313,13 @@ def train(
             elapsed = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
-            if step % train_cfg.log_every == 0 or step == last_step:
+            # a schedule's N is logged at every logged step and at the first step of each entry
+            switched = passes_schedule is not None and passes_schedule.starts_at(step - 1)
+            if step % train_cfg.log_every == 0 or step == last_step or switched:
                 values = {"loss": step_loss, "tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
                 values["lr_muon"] = schedulers[0].get_last_lr()[0]
+                if passes is not None:
+                    values["sleep_passes"] = passes
                 if grad_norm is not None:
                     values["grad_norm"] = grad_norm
                 log.log(step, values)

@@ -331,6 +331,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     from sleepify.model_io import load_model
     from sleepify.training.loop import init_distributed, train
     from sleepify.training.parallel import full_model_state
+    from sleepify.training.passes import PassesSchedule
 
     rec = plan.resolved.recipe
     stage, run_dir, model_dir = plan.stage, plan.run_dir, plan.model_dir
@@ -351,6 +352,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
         rec.train.trainable = warmup_trainable(model)
     cfg = model.config
     cfg.sleep_window, cfg.sleep_passes, cfg.eviction = rec.sleep.window, rec.sleep.passes, rec.sleep.eviction
+    cfg.conv_state = rec.sleep.conv_state
     if torch.cuda.is_available():
         model.cuda()
     if is_main:
@@ -382,6 +384,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
         train(
             model, rows, rec.train, where, pad_id=pad_id, loss_fn=loss_fn, resume=plan.resume,
             progress=progress, desc=stage, on_start=save_recipe,
+            passes_schedule=PassesSchedule.from_recipe(rec.sleep),  # None: every step uses sleep.passes
         )  # fmt: skip
         weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
         if is_main:

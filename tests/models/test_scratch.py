@@ -140,8 +140,10 @@ def test_convert_is_seeded(tiny: Path, tmp_path: Path) -> None:
     other = AutoModelForCausalLM.from_pretrained(tmp_path / "other").state_dict()
     assert all(torch.equal(ref[k], same[k]) for k in ref)
     assert not all(torch.equal(ref[k], other[k]) for k in ref)
-    # a real init, not zeros: GDN decay parameters and attention projections are random
-    assert ref["base.model.layers.1.mixer.A_log"].std() > 0
+    # a real init, not zeros: attention projections are random; the GDN forget gates are the deterministic
+    # "spread" init (the same for every seed, one decay rate per head)
+    assert ref["base.model.layers.1.mixer.dt_bias"].std() > 0
+    assert torch.equal(ref["base.model.layers.1.mixer.dt_bias"], other["base.model.layers.1.mixer.dt_bias"])
     assert ref["base.model.layers.0.self_attn.q_proj.weight"].std() > 0.01
 
 
@@ -240,8 +242,9 @@ def test_cli_convert_warmup_train(tmp_path: Path, rule110: Path) -> None:
 
 # Recorded once from this exact run (CPU, float32, torch 2.13): sleepify data rule110 --n-train 8 --n-test 8
 # --t 0; convert builtin:gdn-hybrid-4-tiny (seed 0); train --N 2 --steps 3 (batch 4, constant lr, Muon 2e-3).
-PINNED_N2 = [4.664348125457764, 4.619596481323242, 4.581199645996094]
-PINNED_N1 = [4.664046287536621, 4.61939811706543, 4.5819196701049805]  # the same run with --N 1
+# Re-recorded for the "spread" forget-gate init and conv_state=reset (issue 14).
+PINNED_N2 = [4.688189506530762, 4.662769317626953, 4.637974262237549]
+PINNED_N1 = [4.687874794006348, 4.66339635848999, 4.638504505157471]  # the same run with --N 1
 
 
 def _train_recording(

@@ -14,7 +14,9 @@ The config records everything needed to rebuild the converted model without the 
   during sleep (prelude before, coda after); ``loop_end=None`` means the last block.
 - the sleep settings: ``sleep_window`` (L), ``sleep_passes`` (N), ``eviction`` (``"hard"`` |
   ``"sliding"``) and
-  ``wake_passes`` (applications of the looped blocks in one wake forward: 1, or Ouro's ``total_ut_steps``).
+  ``wake_passes`` (applications of the looped blocks in one wake forward: 1, or Ouro's ``total_ut_steps``)
+  and ``conv_state`` (``"reset"``: the SSM mixers' short-convolution window starts empty in every pass of
+  every window, Algorithm 1; ``"carry"``: the method variant where it flows on like S).
 
 See ``docs/sleep-semantics.md`` for what these mean at run time.
 """
@@ -32,6 +34,7 @@ __all__ = ["JET_SIZE_KEYS", "SleepHybridConfig"]
 
 JET_SIZE_KEYS = ("num_heads", "head_dim", "expand_v", "conv_size", "generator_reduction", "norm_eps")
 EVICTIONS = ("hard", "sliding")
+CONV_STATES = ("reset", "carry")
 
 
 @strict
@@ -50,6 +53,7 @@ class SleepHybridConfig(PreTrainedConfig):
     sleep_passes: int = 1
     eviction: str = "hard"
     wake_passes: int = 1
+    conv_state: str = "reset"
     # mirrored from the base config (read by generation utilities and by people)
     vocab_size: int | None = None
     hidden_size: int | None = None
@@ -113,6 +117,8 @@ class SleepHybridConfig(PreTrainedConfig):
         super().validate_architecture()
         if self.eviction not in EVICTIONS:
             raise ValueError(f"eviction must be one of {EVICTIONS}, got {self.eviction!r}")
+        if self.conv_state not in CONV_STATES:
+            raise ValueError(f"conv_state must be one of {CONV_STATES}, got {self.conv_state!r}")
         for name in ("sleep_window", "sleep_passes", "wake_passes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

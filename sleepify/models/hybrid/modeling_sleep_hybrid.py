@@ -147,6 +147,8 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
                 hidden_size=base_config.hidden_size,
                 initializer_range=getattr(base_config, "initializer_range", 0.02),
                 zero_output=True,
+                decay_init=config.jet.get("decay_init", "spread"),
+                decay_rate_min=float(config.jet.get("decay_rate_min", 1e-3)),
                 **{k: config.jet[k] for k in JET_SIZE_KEYS},
             )
             eps = float(getattr(base_config, "rms_norm_eps", 1e-6))
@@ -269,6 +271,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
             "passes": c.sleep_passes,
             "wake_passes": c.wake_passes,
             "eviction": c.eviction,
+            "conv_state": getattr(c, "conv_state", "reset"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return SleepSettings(**values)

@@ -33,6 +33,8 @@ SSM_DEFAULTS: dict[str, Any] = {
     "conv_size": 4,
     "generator_reduction": 8,
     "norm_eps": 1e-5,
+    "decay_init": "spread",  # forget-gate init of the SSM mixers (sleepify.layers.gates.decay_init_values)
+    "decay_rate_min": 1e-3,  # its slowest rate (sleepify convert sets spread_rate_min(sleep.window))
 }
 
 
@@ -98,6 +100,8 @@ class SleepScratchConfig(PreTrainedConfig):
             expand_v=float(s["expand_v"]),
             conv_size=int(s["conv_size"]),
             norm_eps=float(s["norm_eps"]),
+            decay_init=str(s["decay_init"]),
+            decay_rate_min=float(s["decay_rate_min"]),
         )
 
     def jet_config(self):
@@ -113,6 +117,8 @@ class SleepScratchConfig(PreTrainedConfig):
             generator_reduction=int(s["generator_reduction"]),
             norm_eps=float(s["norm_eps"]),
             initializer_range=self.initializer_range,
+            decay_init=str(s["decay_init"]),
+            decay_rate_min=float(s["decay_rate_min"]),
         )
 
     def validate_architecture(self):

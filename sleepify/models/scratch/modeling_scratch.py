@@ -120,7 +120,9 @@ class SleepScratchPreTrainedModel(PreTrainedModel):
         # Children are visited first, so these overwrite the generic init of the mixers' parts.
         if isinstance(module, GatedDeltaNet) and module.A_log.device.type != "meta":
             A_log, dt_bias = torch.empty_like(module.A_log), torch.empty_like(module.dt_bias)
-            init_decay_parameters(A_log, dt_bias)
+            init_decay_parameters(
+                A_log, dt_bias, module.config.decay_init, rate_min=module.config.decay_rate_min
+            )
             init.copy_(module.A_log, A_log)
             init.copy_(module.dt_bias, dt_bias)
         elif isinstance(module, JetBlock):

@@ -1,0 +1,202 @@
+"""Rule 110 at CPU scale over several seeds: does the sleep effect survive a change of seed (issue 14)?
+
+For every (initialisation seed, data seed) pair and every arm (N = 1, 2, 4 and the N = 2 -> 4 curriculum),
+one run of the shipped CPU recipe (``recipes/repro/rule110-cpu.yaml``: d = 64, L = 24, hard eviction,
+500 steps of 64 rows; the curriculum arm adds ``recipes/repro/rule110-cpu-curriculum.yaml``):
+
+    sleepify data rule110 --out OUT/data-tT-dD --t T --n-train 50000 --n-test 1000 --seed D
+    sleepify convert builtin:gdn-hybrid-4-small --out OUT/convert-iI -r repro/rule110-cpu train.seed=I
+    sleepify train OUT/convert-iI -r repro/rule110-cpu --N N --data OUT/data-tT-dD train.seed=D \\
+        --out OUT/tT-iI-dD-N<N>
+    sleepify eval OUT/tT-iI-dD-N<N>/model --data OUT/data-tT-dD --out OUT/tT-iI-dD-N<N>/eval
+
+So the initial weights depend on the init seed only (the same for every N and data seed) and the data and
+its order on the data seed only (the same for every N). The pairs run in the given order and, within a
+pair, the arms in the given order, one process at a time (``OMP_NUM_THREADS=1``), so every completed pair
+is a full N comparison. Finished runs are skipped, so the script can be restarted. After every run it
+rewrites ``OUT/results.jsonl``, ``OUT/results.md`` (per run and the mean / spread per arm) and
+``OUT/results.png``. ``--summarise-only`` rewrites those from the finished runs without running anything.
+
+Usage::
+
+    PYTHONPATH=. nohup python experiments/rule110_seeds.py --out runs/seeds --t 2 \\
+        --pairs 0:0 1:1 2:0 0:1 1:0 2:1 --arms 1 2 4 curriculum > runs/seeds.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PLATEAU = 0.67  # a run has left the plateau at the first logged step from which the loss stays below this
+RECIPE = "repro/rule110-cpu"
+CURRICULUM = "repro/rule110-cpu-curriculum"
+
+
+def sh(args: list[str], log: Path) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.time()
+    with log.open("a") as f:
+        f.write("$ " + " ".join(args) + "\n")
+        f.flush()
+        subprocess.run(args, check=True, stdout=f, stderr=subprocess.STDOUT, env=env)
+    return time.time() - t0
+
+
+def sleepify(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sleepify", *args]
+
+
+def left_plateau(metrics: Path) -> int | None:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    for i, r in enumerate(rows):
+        if all(x["loss"] < PLATEAU for x in rows[i:]):
+            return int(r["step"])
+    return None
+
+
+def train_wall(run: Path, data_dir: Path, batch: int = 64) -> float:
+    """Training wall time from the run's metrics: ``tokens_per_s`` is averaged since the process started,
+    so ``step * batch * row length / tokens_per_s`` (Rule 110 rows have one length; exact for a run that
+    was not resumed, and independent of how long the relaunch of a finished run took)."""
+    import datasets
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    length = len(datasets.load_from_disk(str(data_dir))["train"][0]["input_ids"])
+    return round(rows[-1]["step"] * batch * length / rows[-1]["tokens_per_s"], 1)
+
+
+def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path) -> dict:
+    data_dir = out / f"data-t{t}-d{data}"
+    convert_dir = out / f"convert-i{init}"
+    run = out / f"t{t}-i{init}-d{data}-N{arm}"
+    result_file = run / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    if not (data_dir / "meta.json").is_file() and not data_dir.is_dir():
+        sh(sleepify("data", "rule110", "--out", str(data_dir), "--t", str(t), "--n-train", "50000",
+                    "--n-test", "1000", "--seed", str(data), "--quiet"), log)  # fmt: skip
+    if not (convert_dir / "config.json").is_file():
+        sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
+                    f"train.seed={init}"), log)  # fmt: skip
+    recipes = ["-r", RECIPE] + (["-r", CURRICULUM] if arm == "curriculum" else ["--N", arm])
+    resume = ["--resume", "auto"]
+    train = ["train", str(convert_dir), *recipes, "--data", str(data_dir), f"train.seed={data}"]
+    sh(sleepify(*train, "--out", str(run), *resume), log)
+    sh(
+        sleepify("eval", str(run / "model"), "--data", str(data_dir), "--out", str(run / "eval"), "--quiet"),
+        log,
+    )
+    ev = json.loads((run / "eval" / "eval.json").read_text())["results"][0]["overall"]
+    result = {
+        "t": t,
+        "init_seed": init,
+        "data_seed": data,
+        "arm": arm,
+        "exact_match": ev["accuracy"],
+        "answer_loss": ev["loss"],
+        "left_plateau_step": left_plateau(run / "metrics.jsonl"),
+        "train_wall_s": train_wall(run, data_dir),
+    }
+    result_file.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def summarise(out: Path, results: list[dict], arms: list[str]) -> None:
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    lines = [
+        "| t | init seed | data seed | arm | exact match | answer loss | leaves plateau at step "
+        "| train wall s |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        step = r["left_plateau_step"] if r["left_plateau_step"] is not None else "never"
+        lines.append(
+            f"| {r['t']} | {r['init_seed']} | {r['data_seed']} | {r['arm']} | {r['exact_match']:.3f} | "
+            f"{r['answer_loss']:.3f} | {step} | {r['train_wall_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "| t | arm | runs | exact match mean (min-max) | answer loss mean (min-max) | left plateau |",
+        "|---:|---|---:|---|---|---:|",
+    ]
+    for t in sorted({r["t"] for r in results}):
+        for arm in arms:
+            rs = [r for r in results if r["t"] == t and r["arm"] == arm]
+            if not rs:
+                continue
+            em = [r["exact_match"] for r in rs]
+            lo = [r["answer_loss"] for r in rs]
+            left = sum(r["left_plateau_step"] is not None for r in rs)
+            lines.append(
+                f"| {t} | {arm} | {len(rs)} | {statistics.mean(em):.3f} ({min(em):.3f}-{max(em):.3f}) | "
+                f"{statistics.mean(lo):.3f} ({min(lo):.3f}-{max(lo):.3f}) | {left}/{len(rs)} |"
+            )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot(out / "results.png", results, arms)
+
+
+def plot(path: Path, results: list[dict], arms: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pairs = sorted({(r["init_seed"], r["data_seed"]) for r in results})
+    for pair in pairs:
+        rs = {r["arm"]: r for r in results if (r["init_seed"], r["data_seed"]) == pair}
+        xs = [i for i, a in enumerate(arms) if a in rs]
+        ax.plot(xs, [rs[arms[i]]["exact_match"] for i in xs], marker="o", alpha=0.8,
+                label=f"init {pair[0]}, data {pair[1]}")  # fmt: skip
+    ax.axhline(1 / 16, color="grey", linestyle="--", linewidth=0.8, label="constant guess (~1/16)")
+    ax.set_xticks(range(len(arms)), [f"N={a}" if a != "curriculum" else "N=2->4" for a in arms])
+    ax.set_ylabel("exact match (1,000 test rows)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Rule 110, t = 2, L = 24, hard eviction, 500 steps x 64 rows")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/seeds"))
+    p.add_argument("--t", type=int, default=2)
+    p.add_argument("--pairs", nargs="+", default=["0:0", "1:1", "2:0", "0:1", "1:0", "2:1"])
+    p.add_argument("--arms", nargs="+", default=["1", "2", "4", "curriculum"])
+    p.add_argument("--summarise-only", action="store_true", help="tables and plot of the finished runs only")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "commands.log"
+    results: list[dict] = []
+    for pair in args.pairs:
+        init, data = (int(x) for x in pair.split(":"))
+        for arm in args.arms:
+            if args.summarise_only:
+                run = args.out / f"t{args.t}-i{init}-d{data}-N{arm}"
+                if not (run / "result.json").is_file():
+                    continue
+                r = json.loads((run / "result.json").read_text())
+                r["train_wall_s"] = train_wall(run, args.out / f"data-t{args.t}-d{data}")
+                results.append(r)
+                continue
+            results.append(run_one(args.out, args.t, init, data, arm, log))
+            summarise(args.out, results, args.arms)
+            print(json.dumps(results[-1]), flush=True)
+    if args.summarise_only and results:
+        summarise(args.out, results, args.arms)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
