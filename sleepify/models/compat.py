@@ -33,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 __all__ = [
     "CACHE_KWARG",
+    "transformers_at_least",
     "LEGACY_CACHE_KWARG",
     "TRANSFORMERS_VERSION",
     "accepts_legacy_cache",
@@ -49,6 +50,13 @@ LEGACY_CACHE_KWARG = "past_key_values"
 CACHE_KWARG: str = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else LEGACY_CACHE_KWARG
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def transformers_at_least(version: str) -> bool:
+    """Whether the installed transformers is ``version`` or newer."""
+    from packaging.version import Version
+
+    return Version(TRANSFORMERS_VERSION) >= Version(version)
 
 
 def cache_kwargs(cache: Any) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import sleepify  # noqa: F401 - registers the model types
 from sleepify.config.schema import TrainSection
 from sleepify.convert import convert
 from sleepify.generation import generate
-from sleepify.models.hybrid.families import DECODER_SPECS
+from sleepify.models.compat import transformers_at_least
+from sleepify.models.hybrid.families import DECODER_SPECS, family_for
 from sleepify.training.optim import MuonAdamW
 from tests.helpers import one_thread  # noqa: F401 - fixture
 
@@ -97,6 +98,9 @@ def tiny_checkpoint(model_type: str, folder) -> torch.nn.Module:
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_family_converts_preserves_trains_generates(tmp_path, model_type: str) -> None:
+    needs = DECODER_SPECS[model_type].min_transformers
+    if needs and not transformers_at_least(needs):
+        pytest.skip(f"{model_type} is checked on transformers >= {needs} only (refused below: next test)")
     tiny_checkpoint(model_type, tmp_path / "base")
     res = convert(str(tmp_path / "base"), out_dir=tmp_path / "out", log=None)
     plan = res.plan
@@ -145,6 +149,9 @@ def test_window_attention_equals_transformers_eager(tmp_path, model_type: str) -
     """Sliding layers, per-layer-type RoPE and attention soft-capping through the window attention op equal
     transformers' eager attention given the engine's 4-D masks: left padding, three windows, sliding
     eviction."""
+    needs = DECODER_SPECS[model_type].min_transformers
+    if needs and not transformers_at_least(needs):
+        pytest.skip(f"{model_type} is checked on transformers >= {needs} only")
     tiny_checkpoint(model_type, tmp_path / "base")
     res = convert(str(tmp_path / "base"), out_dir=tmp_path / "out", log=None)
     model = AutoModelForCausalLM.from_pretrained(res.out_dir).eval()
@@ -162,3 +169,15 @@ def test_window_attention_equals_transformers_eager(tmp_path, model_type: str) -
         want = model(ids, **kw).logits
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], atol=2e-5, rtol=1e-4)
+
+
+def test_a_family_checked_on_newer_transformers_is_refused_on_older(monkeypatch) -> None:  # noqa: ANN001
+    import sleepify.models.hybrid.families as families
+    from sleepify.errors import ModelLoadError
+
+    needs = DECODER_SPECS["gemma2"].min_transformers
+    assert needs
+    monkeypatch.setattr(families, "transformers_at_least", lambda version: False)
+    with pytest.raises(ModelLoadError, match=f"'gemma2' needs transformers >= {needs}"):
+        family_for("gemma2")
+    assert family_for("llama") is families.SUPPORTED_FAMILIES["llama"]  # no minimum: every version
