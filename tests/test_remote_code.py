@@ -139,7 +139,8 @@ _LOADER = textwrap.dedent(
     import torch
     from transformers import AutoModelForCausalLM, pipeline
 
-    folder, ids_file, out_file = sys.argv[1:4]
+    folder, ids_file, out_file, threads = sys.argv[1:5]
+    torch.set_num_threads(int(threads))  # as the test process: the same reduction order, the same logits
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     assert not any(m.startswith("sleepify") for m in sys.modules), "sleepify was imported"
     ids = torch.tensor(json.loads(open(ids_file).read()))
@@ -147,7 +148,7 @@ _LOADER = textwrap.dedent(
         logits = model(ids).logits
         tokens = model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None)
     result = {"logits": logits, "tokens": tokens, "module": type(model).__module__}
-    if len(sys.argv) > 4:  # a tokenizer ships with this export: the text-generation pipeline works too
+    if len(sys.argv) > 5:  # a tokenizer ships with this export: the text-generation pipeline works too
         pipe = pipeline("text-generation", model=model, tokenizer=folder)
         result["text"] = pipe("ab", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     torch.save(result, out_file)
@@ -162,7 +163,8 @@ def _load_without_sleepify(
     (tmp / "loader.py").write_text(_LOADER)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp / "hf-modules"), "PYTHONPATH": str(site)}
     loader = [sys.executable, "-S", str(tmp / "loader.py")]
-    args = [*loader, str(folder), str(tmp / "ids.json"), str(tmp / "out.pt")]
+    threads = str(torch.get_num_threads())
+    args = [*loader, str(folder), str(tmp / "ids.json"), str(tmp / "out.pt"), threads]
     proc = subprocess.run(args + (["pipe"] if pipe else []), cwd=tmp, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(tmp / "out.pt", weights_only=True)
