@@ -70,9 +70,15 @@ def clean_stale_temps(final: Path) -> list[Path]:
     if not parent.is_dir():
         return []
     removed = []
-    for entry in parent.iterdir():
+    for entry in sorted(parent.iterdir(), key=lambda e: ".old-" not in e.name):  # restores come first
         m = _TEMP.match(entry.name)
         if not m or m.group("name") != final.name or pid_alive(int(m.group("pid"))):
+            continue
+        if ".old-" in entry.name and not final.exists():
+            # killed between publish_folder's two renames: the old output is the only complete one
+            entry.rename(final)
+            pid = m.group("pid")
+            log.warning("restored %s from %s, left by a killed run (process %s)", final, entry, pid)
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -103,10 +103,17 @@ def test_kill_while_publishing_keeps_the_old_output(what: str, workspace: Path, 
     shutil.copytree(workspace / source, out)
     before = tree_digest(out)
     killed = _kill_when(_start(argv, tmp_path), lambda: bool(_temps(tmp_path)))
-    if killed:  # else it finished before the poll saw the temporary: a complete new output is fine too
-        assert tree_digest(out) == before
+    if killed:
         assert _temps(tmp_path)
-    assert clean_stale_temps(out) or not killed
+        clean_stale_temps(out)  # what the next run does first
+    # the old output, or (killed while publishing, or finished first) the complete new one: never a half
+    after = tree_digest(out)
+    fresh = tmp_path / "fresh"
+    if after != before:
+        argv_fresh = [a if a != str(out) else str(fresh) for a in argv]
+        subprocess.run([sys.executable, "-m", "sleepify", "-q", *argv_fresh], cwd=tmp_path, env=ENV,
+                       capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
+        assert after.keys() == tree_digest(fresh).keys()
     assert not _temps(tmp_path)
 
 
@@ -173,3 +180,18 @@ def test_cut_metrics(tmp_path: Path) -> None:
     )
     cut_metrics(path, 2)
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_kill_between_the_publish_renames_restores_the_old_output(tmp_path: Path) -> None:
+    """publish_folder moves the old output aside, then the new one in: killed in between, the next start
+    puts the old one back (it is the only complete copy) and removes the dead run's temporary."""
+    probe = [sys.executable, "-c", "import os; print(os.getpid())"]
+    pid = int(subprocess.run(probe, capture_output=True, text=True).stdout)  # a process that has ended
+    final = tmp_path / "out"
+    old = tmp_path / f".out.old-{pid}-1"
+    old.mkdir()
+    (old / "weights").write_text("complete")
+    (tmp_path / f".out.tmp-{pid}-2").mkdir()
+    clean_stale_temps(final)
+    assert (final / "weights").read_text() == "complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
