@@ -37,6 +37,14 @@ from pathlib import Path
 PLATEAU = 0.67  # a run has left the plateau at the first logged step from which the loss stays below this
 RECIPE = "repro/rule110-cpu"
 CURRICULUM = "repro/rule110-cpu-curriculum"
+# Method variants for the ablation of the issue-14 defaults (run names get "-VARIANT"): the old forget-gate
+# init (a different convert: conversion.decay_init=fla) and the conv state carried between passes.
+VARIANTS: dict[str, dict[str, list[str]]] = {
+    "": {"convert": [], "train": []},
+    "fla-init": {"convert": ["conversion.decay_init=fla"], "train": []},
+    "carry": {"convert": [], "train": ["sleep.conv_state=carry"]},
+    "fla-init-carry": {"convert": ["conversion.decay_init=fla"], "train": ["sleep.conv_state=carry"]},
+}
 
 
 def sh(args: list[str], log: Path) -> float:
@@ -73,10 +81,15 @@ def train_wall(run: Path, data_dir: Path, batch: int = 64) -> float:
     return round(rows[-1]["step"] * batch * length / rows[-1]["tokens_per_s"], 1)
 
 
-def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path) -> dict:
+def run_name(t: int, init: int, data: int, arm: str, variant: str = "") -> str:
+    return f"t{t}-i{init}-d{data}-N{arm}" + (f"-{variant}" if variant else "")
+
+
+def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path, variant: str = "") -> dict:
     data_dir = out / f"data-t{t}-d{data}"
-    convert_dir = out / f"convert-i{init}"
-    run = out / f"t{t}-i{init}-d{data}-N{arm}"
+    uses_fla = "fla-init" in variant
+    convert_dir = out / (f"convert-i{init}" + ("-fla" if uses_fla else ""))
+    run = out / run_name(t, init, data, arm, variant)
     result_file = run / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -85,10 +98,11 @@ def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path) -> dic
                     "--n-test", "1000", "--seed", str(data), "--quiet"), log)  # fmt: skip
     if not (convert_dir / "config.json").is_file():
         sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
-                    f"train.seed={init}"), log)  # fmt: skip
+                    f"train.seed={init}", *VARIANTS[variant]["convert"]), log)  # fmt: skip
     recipes = ["-r", RECIPE] + (["-r", CURRICULUM] if arm == "curriculum" else ["--N", arm])
     resume = ["--resume", "auto"]
-    train = ["train", str(convert_dir), *recipes, "--data", str(data_dir), f"train.seed={data}"]
+    train = ["train", str(convert_dir), *recipes, "--data", str(data_dir), f"train.seed={data}",
+             *VARIANTS[variant]["train"]]  # fmt: skip
     sh(sleepify(*train, "--out", str(run), *resume), log)
     sh(
         sleepify("eval", str(run / "model"), "--data", str(data_dir), "--out", str(run / "eval"), "--quiet"),
@@ -100,6 +114,7 @@ def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path) -> dic
         "init_seed": init,
         "data_seed": data,
         "arm": arm,
+        "variant": variant or "default",
         "exact_match": ev["accuracy"],
         "answer_loss": ev["loss"],
         "left_plateau_step": left_plateau(run / "metrics.jsonl"),
@@ -113,14 +128,14 @@ def summarise(out: Path, results: list[dict], arms: list[str]) -> None:
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     lines = [
         "| t | init seed | data seed | arm | exact match | answer loss | leaves plateau at step "
-        "| train wall s |",
-        "|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| variant | train wall s |",
+        "|---:|---:|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in results:
         step = r["left_plateau_step"] if r["left_plateau_step"] is not None else "never"
         lines.append(
             f"| {r['t']} | {r['init_seed']} | {r['data_seed']} | {r['arm']} | {r['exact_match']:.3f} | "
-            f"{r['answer_loss']:.3f} | {step} | {r['train_wall_s']:.0f} |"
+            f"{r['answer_loss']:.3f} | {step} | {r.get('variant', 'default')} | {r['train_wall_s']:.0f} |"
         )
     lines += [
         "",
@@ -129,7 +144,11 @@ def summarise(out: Path, results: list[dict], arms: list[str]) -> None:
     ]
     for t in sorted({r["t"] for r in results}):
         for arm in arms:
-            rs = [r for r in results if r["t"] == t and r["arm"] == arm]
+            rs = [
+                r
+                for r in results
+                if r["t"] == t and r["arm"] == arm and r.get("variant", "default") == "default"
+            ]
             if not rs:
                 continue
             em = [r["exact_match"] for r in rs]
@@ -140,7 +159,7 @@ def summarise(out: Path, results: list[dict], arms: list[str]) -> None:
                 f"{statistics.mean(lo):.3f} ({min(lo):.3f}-{max(lo):.3f}) | {left}/{len(rs)} |"
             )
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot(out / "results.png", results, arms)
+    plot(out / "results.png", [r for r in results if r.get("variant", "default") == "default"], arms)
 
 
 def plot(path: Path, results: list[dict], arms: list[str]) -> None:
@@ -174,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t", type=int, default=2)
     p.add_argument("--pairs", nargs="+", default=["0:0", "1:1", "2:0", "0:1", "1:0", "2:1"])
     p.add_argument("--arms", nargs="+", default=["1", "2", "4", "curriculum"])
+    p.add_argument(
+        "--variant", default="", choices=list(VARIANTS), help="method variant (ablation); default none"
+    )
     p.add_argument("--summarise-only", action="store_true", help="tables and plot of the finished runs only")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -183,14 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         init, data = (int(x) for x in pair.split(":"))
         for arm in args.arms:
             if args.summarise_only:
-                run = args.out / f"t{args.t}-i{init}-d{data}-N{arm}"
+                run = args.out / run_name(args.t, init, data, arm, args.variant)
                 if not (run / "result.json").is_file():
                     continue
                 r = json.loads((run / "result.json").read_text())
-                r["train_wall_s"] = train_wall(run, args.out / f"data-t{args.t}-d{data}")
+                if (run / "metrics.jsonl").is_file():  # else the recorded value (a copied result)
+                    r["train_wall_s"] = train_wall(run, args.out / f"data-t{args.t}-d{data}")
                 results.append(r)
                 continue
-            results.append(run_one(args.out, args.t, init, data, arm, log))
+            results.append(run_one(args.out, args.t, init, data, arm, log, args.variant))
             summarise(args.out, results, args.arms)
             print(json.dumps(results[-1]), flush=True)
     if args.summarise_only and results:
