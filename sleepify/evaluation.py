@@ -565,6 +565,7 @@ def run_eval(
     from sleepify.config import load_recipe
 
     model_dirs = [resolve_model_dir(s, runs_root) for s in (list(sources) or [None])]
+    out_dir = check_report_folder(out if out else run_dir_of(model_dirs[0]) / "eval")
     if not progress:
         from sleepify.training.stage import quiet_library_bars
 
@@ -677,7 +678,6 @@ def run_eval(
         },
         "results": results,
     }
-    out_dir = Path(out) if out else run_dir_of(model_dirs[0]) / "eval"
     write_report(report, out_dir, plot=plot)
     return report, out_dir
 
@@ -718,7 +718,7 @@ def _eval_rows(
     perplexity on plain text) and the opened source."""
     from sleepify.data.sources import load_tokenizer_for, open_data
 
-    opened = open_data(data)
+    opened = open_data(data, need_train=False)
     if split and opened.split_names and split not in opened.split_names:
         raise EvalError(
             f"{data.path} has no split '{split}'{did_you_mean(split, opened.split_names)}; "
@@ -750,16 +750,40 @@ def _label(results: list[dict[str, Any]]) -> None:
             r["label"] = f"{r['label']} #{seen[r['label']]}"
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, plot: bool = True) -> Path:
-    """Write ``eval.json`` (the report), ``eval.md`` (the table) and, with ``plot``, ``eval.png``."""
+REPORT_FILES = (PLOT_FILE, TABLE_FILE, EVAL_FILE)  # publish order: eval.json, the record, last
+
+
+def check_report_folder(out_dir: str | Path) -> Path:
+    """One line, before any model loads, when ``--out`` cannot hold the report."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (EVAL_FILE + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
-    tmp.replace(out_dir / EVAL_FILE)
-    (out_dir / TABLE_FILE).write_text(format_table(report) + "\n")
-    if plot:
-        plot_report(report, out_dir / PLOT_FILE)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvalError(f"--out {out_dir} is a file: choose a folder for eval.json / eval.md / eval.png")
+    return out_dir
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, plot: bool = True) -> Path:
+    """Write ``eval.json`` (the report), ``eval.md`` (the table) and, with ``plot``, ``eval.png``.
+
+    All three are built in a temporary sibling of ``out_dir`` first (a kill or a full disk leaves the
+    previous report as it was). A folder holding nothing but a report is then replaced in one rename; a
+    folder with other files keeps them and gets each report file renamed in, ``eval.json`` last (a stale
+    ``eval.png`` from an earlier report is removed when this one has no plot)."""
+    from sleepify.fsutil import RunLock, publish_folder, staging
+
+    out_dir = check_report_folder(out_dir)
+    with RunLock(out_dir), staging(out_dir) as tmp:
+        (tmp / EVAL_FILE).write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+        (tmp / TABLE_FILE).write_text(format_table(report) + "\n")
+        if plot:
+            plot_report(report, tmp / PLOT_FILE)
+        if not out_dir.exists() or {p.name for p in out_dir.iterdir()} <= set(REPORT_FILES):
+            publish_folder(tmp, out_dir)
+        else:
+            for name in REPORT_FILES:
+                if (tmp / name).exists():
+                    (tmp / name).replace(out_dir / name)
+                elif name == PLOT_FILE:
+                    (out_dir / name).unlink(missing_ok=True)
     return out_dir / EVAL_FILE
 
 

@@ -90,15 +90,17 @@ def clean_stale_temps(final: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staging(final: Path) -> Iterator[Path]:
+def staging(final: Path, need: int | None = None) -> Iterator[Path]:
     """A fresh temporary sibling of ``final`` to build the output in; removed if the block fails (the
-    caller publishes it with :func:`publish_folder` as the block's last step)."""
+    caller publishes it with :func:`publish_folder` as the block's last step). A full disk inside the
+    block is one line naming ``final`` (and ``need`` bytes, when given)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(final)
     tmp = temp_sibling(final)
     tmp.mkdir()
     try:
-        yield tmp
+        with disk_full_names(final, need, outer=True):
+            yield tmp
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -154,20 +156,70 @@ def check_free_space(where: Path, need: int, what: str) -> None:
         )
 
 
-def disk_full_message(err: BaseException, where: Path | None = None, need: int | None = None) -> str | None:
-    """The one-line message for a full disk (ENOSPC / EDQUOT, or torch's zip writer failing on one), else
-    None."""
+def disk_full_message(
+    err: BaseException, where: Path | None = None, need: int | None = None, hint: str | None = None
+) -> str | None:
+    """The one-line message for a full disk (ENOSPC / EDQUOT, torch's zip writer or safetensors failing on
+    one), naming ``where`` (else the file the error names) and, when known, about how much is needed;
+    else None."""
     text = str(err)
     full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
-    full = full or "No space left on device" in text or "enforce fail at inline_container" in text
+    markers = (
+        "No space left on device",
+        "Disk quota exceeded",
+        "StorageFull",
+        "enforce fail at inline_container",
+    )
+    full = full or any(m in text for m in markers)
     if not full:
         return None
-    path = getattr(err, "filename", None) or where
+    path = where or getattr(err, "filename", None)
     size = f" (needs about {_human(need)})" if need else ""
-    return (
-        f"disk full while writing {path or 'the output'}{size}: free some space or choose another --out; "
-        "nothing was replaced"
-    )
+    hint = hint or "free some space or choose another --out; nothing was replaced"
+    return f"disk full while writing {path or 'the output'}{size}: {hint}"
+
+
+@contextlib.contextmanager
+def suppress_unless_disk_full(*kinds: type[BaseException]) -> Iterator[None]:
+    """``contextlib.suppress(*kinds)`` for optional files (a tokenizer a model may lack), except that a full
+    disk still stops the stage."""
+    try:
+        yield
+    except kinds as err:
+        if disk_full_message(err) is not None:
+            raise
+
+
+class DiskFullError(SleepifyError):
+    """A full disk, as one line; ``need``: about how many bytes the write needed (None: unknown)."""
+
+    def __init__(self, message: str, need: int | None = None):
+        super().__init__(message)
+        self.need = need
+
+
+@contextlib.contextmanager
+def disk_full_names(
+    where: Path, need: int | None = None, hint: str | None = None, *, outer: bool = False
+) -> Iterator[None]:
+    """Turn a full disk inside the block into one :class:`DiskFullError` line naming ``where`` (torch's
+    zip writer and safetensors name no path of their own). ``outer``: a :class:`DiskFullError` from an
+    inner block is re-worded for ``where`` (a run built in a temporary sibling names the output, and no
+    checkpoint of the temporary folder survives to resume from)."""
+    try:
+        yield
+    except DiskFullError as err:
+        if not outer:
+            raise
+        message = disk_full_message(OSError(errno.ENOSPC, "No space left on device"), where, err.need, hint)
+        raise DiskFullError(message, err.need) from None
+    except SleepifyError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only a full disk is converted; anything else re-raised
+        message = disk_full_message(err, where, need, hint)
+        if message is None:
+            raise
+        raise DiskFullError(message, need) from None
 
 
 class RunLock:

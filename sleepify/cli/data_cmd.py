@@ -67,10 +67,11 @@ def _common(fn):
 
 def _counts(n_train: int, n_test: int):
     def deco(fn):
-        fn = click.option("--n-test", type=int, default=n_test, show_default=True, help="Test examples.")(fn)
-        fn = click.option("--n-train", type=int, default=n_train, show_default=True, help="Train examples.")(
-            fn
-        )
+        counts = click.IntRange(min=0)
+        fn = click.option("--n-test", type=counts, default=n_test, show_default=True,
+                          help="Test examples (0: a train-only dataset).")(fn)  # fmt: skip
+        fn = click.option("--n-train", type=counts, default=n_train, show_default=True,
+                          help="Train examples (0: an evaluation-only dataset).")(fn)  # fmt: skip
         return fn
 
     return deco
@@ -86,7 +87,8 @@ def _finish(splits, meta, tokenizer, tokenizer_name, out, overwrite, quiet) -> N
 
     meta = {**meta, "tokenizer": tokenizer_meta(tokenizer, tokenizer_name)}
     dd = write_dataset(splits, out, meta, tokenizer, overwrite=overwrite)
-    click.echo(f"wrote {out}: train {dd['train'].num_rows} rows, test {dd['test'].num_rows} rows")
+    rows = lambda name: dd[name].num_rows if name in dd else 0  # noqa: E731 - an empty split is not written
+    click.echo(f"wrote {out}: train {rows('train')} rows, test {rows('test')} rows")
 
 
 @data.command("rule110")

@@ -12,7 +12,6 @@ import importlib
 import sys
 
 import click
-from click.utils import make_default_short_help
 
 from sleepify import __version__
 from sleepify.errors import SleepifyError
@@ -88,7 +87,8 @@ class LazyGroup(click.Group):
         rows = []
         for name in names:
             if name in SUMMARIES:
-                rows.append((name, make_default_short_help(SUMMARIES[name], limit)))
+                # a bare Command carries the summary: click's own shortening, nothing imported
+                rows.append((name, click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit)))
             elif (command := self.get_command(ctx, name)) is not None and not command.hidden:
                 rows.append((name, command.get_short_help_str(limit)))
         with formatter.section("Commands"):
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     except SleepifyError as err:
         click.echo(f"{getattr(err, 'prefix', 'error')}: {err}", err=True)
         sys.exit(err.exit_code)
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # a full disk anywhere (torch's zip writer, safetensors): one line too
         message = disk_full_message(err)
         if message is None:
             raise

@@ -175,10 +175,10 @@ def _load_source(name: str, config: str | None) -> tuple[Any, str]:
             kind = "sleepify dataset" if (path / "meta.json").is_file() else "saved dataset"
             try:
                 return datasets.load_from_disk(str(path)), kind
-            except Exception as err:  # noqa: BLE001 - e.g. a split with no rows (data --n-train 0): one line
+            except Exception as err:  # noqa: BLE001 - e.g. an empty split saved by sleepify < 0.1: one line
                 raise DataError(
                     f"--data {name}: cannot read this {kind} ({type(err).__name__}: {_first_line(err)}); "
-                    "an empty split cannot be read back: regenerate it with rows in every split"
+                    "if a split has no rows, regenerate it with the current `sleepify data`"
                 ) from None
         if not any(p.suffix.lower() in FILE_BUILDERS for p in path.rglob("*") if p.is_file()):
             raise DataError(
@@ -246,7 +246,7 @@ def detect_format(columns: list[str], data: DataSection) -> tuple[str, dict[str,
     )
 
 
-def open_data(data: DataSection, *, need_eval: bool = True) -> OpenedData:
+def open_data(data: DataSection, *, need_eval: bool = True, need_train: bool = True) -> OpenedData:
     """Open ``data.path``, decide its format and its train / held-out splits (cheap: nothing is tokenized).
 
     Every problem is a :class:`DataError` with one line, raised before any model loads.
@@ -270,6 +270,14 @@ def open_data(data: DataSection, *, need_eval: bool = True) -> OpenedData:
         names = list(raw)
         if data.train_split in raw:
             train = raw[data.train_split]
+        elif names == [data.eval_split] and not need_train:  # evaluation-only data, read by `eval`
+            train = raw[data.eval_split].select([])
+        elif names == [data.eval_split]:  # never train on the evaluation rows
+            raise DataError(
+                f"--data {data.path} has only a '{data.eval_split}' split (an evaluation-only dataset, e.g. "
+                f"`sleepify data ... --n-train 0`): train on data with a '{data.train_split}' split, or set "
+                "data.train_split"
+            )
         elif len(names) == 1:
             train = raw[names[0]]
         else:
@@ -303,7 +311,7 @@ def open_data(data: DataSection, *, need_eval: bool = True) -> OpenedData:
             meta = json.loads(meta_file.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"{meta_file} is not valid JSON ({err})") from None
-    if train.num_rows == 0:
+    if train.num_rows == 0 and need_train:
         raise DataError(f"--data {data.path}: the train split is empty")
     return OpenedData(
         path=data.path,

@@ -24,12 +24,10 @@ Example::
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-
-import transformers
-from transformers.modeling_outputs import BaseModelOutputWithPast
 
 __all__ = [
     "CACHE_KWARG",
@@ -43,11 +41,10 @@ __all__ = [
     "set_generation_cache",
 ]
 
-TRANSFORMERS_VERSION: str = transformers.__version__
+TRANSFORMERS_VERSION: str = importlib.metadata.version("transformers")
 
 LEGACY_CACHE_KWARG = "past_key_values"
-# Detected from the output dataclasses, not the version number: the rename reached all of them at once.
-CACHE_KWARG: str = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else LEGACY_CACHE_KWARG
+CACHE_KWARG: str  # set at the end of this module, from transformers' output classes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,3 +100,12 @@ def accepts_legacy_cache(forward: F) -> F:
         params.insert(at, legacy)
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+# transformers is imported last: importing it registers sleepify's model types (sleepify/__init__.py), whose
+# modules import this one; everything they take from here is defined by now (a first import of this module
+# would otherwise meet itself half-initialised). Detected from the output dataclasses, not the version
+# number: the rename reached all of them at once.
+from transformers.modeling_outputs import BaseModelOutputWithPast  # noqa: E402
+
+CACHE_KWARG = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else LEGACY_CACHE_KWARG

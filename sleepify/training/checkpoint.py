@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sleepify.fsutil import disk_full_names
+
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
 TMP_SUFFIX = ".tmp"
@@ -57,6 +59,17 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     return sorted(f for f in found if (f / "meta.json").is_file())
 
 
+def _nbytes(obj: Any) -> int:
+    """Bytes of every tensor in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     dirs = checkpoint_dirs(run_dir)
     return dirs[-1] if dirs else None
@@ -78,14 +91,26 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(trainer_state, tmp / "trainer_state.pt")
-    # meta.json last: its presence marks the checkpoint complete
-    (tmp / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
-    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    need = _nbytes(weights) + _nbytes(optimizer_state)
+    last = latest_checkpoint(run_dir)
+    hint = (
+        f"free some space, then run the same command with --resume (the last good checkpoint {last} is kept)"
+        if last is not None
+        else "free some space and start the run again (no checkpoint was written yet)"
+    )
+    try:
+        with disk_full_names(final, need, hint):  # torch's zip writer names no path of its own
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+            # meta.json last: its presence marks the checkpoint complete
+            (tmp / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
+            for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half checkpoint is never left behind
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

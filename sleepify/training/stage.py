@@ -31,9 +31,11 @@ from sleepify.fsutil import (
     RunLock,
     check_free_space,
     clean_stale_temps,
+    disk_full_names,
     publish_folder,
     refuse_inside,
     staging,
+    suppress_unless_disk_full,
     temp_sibling,
     write_pointer,
 )
@@ -389,13 +391,15 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
         weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
         if is_main:
             tmp = temp_sibling(where / "model")
+            hint = "free some space, then run the same command with --resume (the last checkpoint is kept)"
             try:
-                model.save_pretrained(tmp, state_dict=weights)
-                # a model folder may have no tokenizer (built-in char models keep theirs with the data)
-                with contextlib.suppress(OSError, ValueError, TypeError):
-                    (tokenizer or AutoTokenizer.from_pretrained(model_dir)).save_pretrained(tmp)
-                plan.resolved.save(tmp, stage=stage, extra=plan.header)
-                publish_folder(tmp, where / "model")
+                with disk_full_names(run_dir / "model", size, hint):
+                    model.save_pretrained(tmp, state_dict=weights)
+                    # a model folder may have no tokenizer (built-in char models keep theirs with the data)
+                    with suppress_unless_disk_full(OSError, ValueError, TypeError):
+                        (tokenizer or AutoTokenizer.from_pretrained(model_dir)).save_pretrained(tmp)
+                    plan.resolved.save(tmp, stage=stage, extra=plan.header)
+                    publish_folder(tmp, where / "model")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             if replacing:

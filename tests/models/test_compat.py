@@ -69,3 +69,19 @@ def test_ouro_decodes_the_same_through_either_keyword(ouro) -> None:
         full = ouro(ids).logits[:, -1:]
     torch.testing.assert_close(logits["cache"], full, atol=5e-5, rtol=1e-5)
     assert torch.equal(logits["cache"], logits["past_key_values"])
+
+
+@pytest.mark.parametrize("first", ["sleepify.models.compat", "sleepify.benchmarking", "sleepify.models.ouro"])
+def test_any_module_can_be_a_process_first_import(first: str) -> None:
+    """Importing transformers registers our model types, whose modules import compat: a process whose first
+    import is compat (or a module importing it) must not meet compat half-initialised."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import {first}\n"
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+        "assert {'ouro', 'jet_nemotron', 'sleep_hybrid'} <= set(CONFIG_MAPPING.keys()), 'not registered'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

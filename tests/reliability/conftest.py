@@ -8,7 +8,10 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,51 @@ import pytest
 from sleepify.cli.main import main
 
 MODEL = "builtin:gdn-hybrid-4-tiny"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+CLI = [sys.executable, "-m", "sleepify", "-q"]
+
+
+def start(argv: list[str], cwd: Path, env: dict[str, str] = ENV) -> subprocess.Popen:
+    """``sleepify -q ARGV`` in a child process (to be killed)."""
+    return subprocess.Popen([*CLI, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def stage_argv(what: str, workspace: Path, out: Path) -> list[str]:
+    """A ``convert`` / ``export`` / ``data`` command that replaces ``out`` (a few seconds of work)."""
+    return {
+        "convert": ["convert", MODEL, "--out", str(out), "--overwrite"],
+        "export": ["export", str(workspace / "runs/tiny/warmup"), "--out", str(out), "--overwrite"],
+        "data": [
+            "data",
+            "rule110",
+            "--out",
+            str(out),
+            "--t",
+            "0",
+            "--n-train",
+            "4000",
+            "--n-test",
+            "4",
+            "--overwrite",
+        ],  # fmt: skip
+    }[what]
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; False when it ended first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            proc.kill()
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    pytest.fail("the process neither ended nor reached the point to kill it at")
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:

@@ -34,6 +34,9 @@ CASES: dict[str, list[str]] = {
     "train-wrong-columns": ["train", "runs/tiny/convert", "--data", "wrong-columns.jsonl", "--out", "o"],
     "train-zero-rows": ["train", "runs/tiny/convert", "--data", "data/empty", "--steps", "1", "--out", "o"],
     "data-existing-out": ["data", "rule110", "--out", "data/rule110", "--n-train", "4", "--n-test", "1"],
+    "data-no-rows": ["data", "rule110", "--out", "data/none", "--n-train", "0", "--n-test", "0"],
+    "data-negative-rows": ["data", "rule110", "--out", "data/none", "--n-train", "-3"],
+    "eval-out-is-file": ["eval", "runs/tiny/convert", "--data", "data/rule110", "--out", "a-file"],
     # --overwrite that would destroy its input, or a finished run
     "warmup-overwrite-own-input": ["warmup", "--N", "1", "--steps", "1", "--overwrite"],
     "train-overwrite-finished-bad-data": [
@@ -103,14 +106,30 @@ def test_bad_input_is_one_line(argv: list[str], in_workspace: Path, capsys: pyte
     assert tree_digest(in_workspace) == before
 
 
-def test_live_lock_refuses(in_workspace: Path, capsys: pytest.CaptureFixture) -> None:
-    lock = in_workspace / "runs/tiny/.warmup.lock"
+LOCKED = {  # a folder another live process writes: every stage that writes one refuses
+    "warmup": (
+        "runs/tiny/.warmup.lock",
+        ["warmup", "runs/tiny/convert", *T, "--out", "runs/tiny/warmup", "--resume"],
+    ),
+    "export": ("runs/tiny/.exported.lock", ["export", "runs/tiny/warmup", "--out", "runs/tiny/exported"]),
+    "data": ("data/.new.lock", ["data", "rule110", "--out", "data/new", "--n-train", "4", "--n-test", "1"]),
+    "eval": (
+        "runs/tiny/.ev.lock",
+        ["eval", "runs/tiny/warmup", "--data", "data/rule110", "--out", "runs/tiny/ev"],
+    ),
+    "convert": ("runs/tiny/.c2.lock", ["convert", MODEL, "--out", "runs/tiny/c2"]),
+}
+
+
+@pytest.mark.parametrize("stage", list(LOCKED))
+def test_live_lock_refuses(stage: str, in_workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    lock_file, argv = LOCKED[stage]
+    lock = in_workspace / lock_file
     lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname()}))  # init: alive
     try:
         before = tree_digest(in_workspace)
-        code, _, err = run_cli(["-q", "warmup", "runs/tiny/convert", *T, "--out", "runs/tiny/warmup",
-                                "--resume"], capsys)  # fmt: skip
-        assert code == 2 and "in use by process 1" in err and "Traceback" not in err
+        code, _, err = run_cli(["-q", *argv], capsys)
+        assert code == 2 and "in use by process 1" in err and "Traceback" not in err, err
         assert tree_digest(in_workspace) == before
     finally:
         lock.unlink()

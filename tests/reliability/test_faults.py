@@ -11,39 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sleepify.fsutil import RunLock, clean_stale_temps
 from sleepify.training.loop import cut_metrics
-from tests.reliability.conftest import MODEL, run_cli, tree_digest
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-
-
-def _start(argv: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sleepify", "-q", *argv], cwd=cwd, env=ENV,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> bool:  # noqa: ANN001
-    """SIGKILL ``proc`` once ``ready()`` holds; False when it ended first."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            proc.kill()
-            proc.wait()
-            return True
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    pytest.fail("the process never reached the point to kill it at")
+from tests.reliability.conftest import ENV, MODEL, kill_when, run_cli, stage_argv, start, tree_digest
 
 
 def _temps(folder: Path) -> list[Path]:
@@ -64,7 +38,7 @@ def test_kill_train_then_resume_gives_clean_metrics(workspace: Path, tmp_path: P
         metrics = run / "metrics.jsonl"
         return (run / "checkpoints").is_dir() and metrics.is_file() and metrics.read_text().count("\n") >= 3
 
-    killed = _kill_when(_start(argv, tmp_path), logged_past_checkpoint)
+    killed = kill_when(start(argv, tmp_path), logged_past_checkpoint)
     assert killed
     assert (run.parent / ".run.lock").exists()  # the dead process's lock: taken over below
     done = subprocess.run([sys.executable, "-m", "sleepify", "-q", *argv, "--resume"], cwd=tmp_path, env=ENV,
@@ -82,27 +56,11 @@ def test_kill_while_publishing_keeps_the_old_output(what: str, workspace: Path, 
     """kill -9 once the temporary sibling exists: the old output is byte-identical, and the next run
     cleans the temporary."""
     out = tmp_path / "out"
-    argv = {
-        "convert": ["convert", MODEL, "--out", str(out), "--overwrite"],
-        "export": ["export", str(workspace / "runs/tiny/warmup"), "--out", str(out), "--overwrite"],
-        "data": [
-            "data",
-            "rule110",
-            "--out",
-            str(out),
-            "--t",
-            "0",
-            "--n-train",
-            "4000",
-            "--n-test",
-            "4",
-            "--overwrite",
-        ],  # fmt: skip
-    }[what]
+    argv = stage_argv(what, workspace, out)
     source = {"convert": "runs/tiny/convert", "export": "exported", "data": "data/rule110"}[what]
     shutil.copytree(workspace / source, out)
     before = tree_digest(out)
-    killed = _kill_when(_start(argv, tmp_path), lambda: bool(_temps(tmp_path)))
+    killed = kill_when(start(argv, tmp_path), lambda: bool(_temps(tmp_path)))
     if killed:
         assert _temps(tmp_path)
         clean_stale_temps(out)  # what the next run does first
@@ -117,7 +75,39 @@ def test_kill_while_publishing_keeps_the_old_output(what: str, workspace: Path, 
     assert not _temps(tmp_path)
 
 
-@pytest.mark.parametrize("stage", ["convert", "train"])
+def _full_oserror(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    raise OSError(errno.ENOSPC, "No space left on device", str(args[-1] if args else "?"))
+
+
+def _full_torch_zip(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - what torch.save raises: no path
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+
+def _full_safetensors(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - safetensors' Rust error: no path
+    raise Exception(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })'
+    )  # noqa: TRY002
+
+
+TRAIN = ["train", "runs/tiny/convert", "--data", "data/rule110", "--steps", "1", "--overwrite",
+         "train.batch_size=2"]  # fmt: skip
+DISK_FULL = {  # stage -> (what fails, how, the old output to keep, argv, the path the line must name)
+    "convert": ("sleepify.convert.write_safetensors", _full_oserror, "runs/tiny/convert",
+                ["convert", MODEL, "--overwrite"], "out"),
+    "train-weights": ("sleepify.training.checkpoint.save_file", _full_oserror, "runs/tiny/warmup", TRAIN,
+                      "out"),
+    "train-optimizer": ("sleepify.training.checkpoint.torch.save", _full_torch_zip, "runs/tiny/warmup", TRAIN,
+                        "out"),
+    "export": ("sleepify.export.write_remote_code", _full_safetensors, "exported",
+               ["export", "runs/tiny/warmup", "--overwrite"], "out"),
+    "data": ("datasets.DatasetDict.save_to_disk", _full_oserror, "data/rule110",
+             ["data", "rule110", "--t", "0", "--n-train", "8", "--n-test", "2", "--overwrite"], "out"),
+    "eval": ("sleepify.evaluation.format_table", _full_oserror, None,
+             ["eval", "runs/tiny/warmup", "--data", "data/rule110"], "out"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", list(DISK_FULL))
 def test_disk_full_is_one_line_and_keeps_the_old_output(
     stage: str,
     in_workspace: Path,
@@ -125,23 +115,26 @@ def test_disk_full_is_one_line_and_keeps_the_old_output(
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        raise OSError(errno.ENOSPC, "No space left on device", str(args[-1] if args else "?"))
-
+    """The one line names the output (or the checkpoint) being written, roughly how much it needs where
+    known, and the old output is byte-identical."""
+    target, fail, old, argv, named = DISK_FULL[stage]
     out = tmp_path / "out"
-    if stage == "convert":
-        shutil.copytree(in_workspace / "runs/tiny/convert", out)
-        monkeypatch.setattr("sleepify.convert.write_safetensors", full)
-        argv = ["convert", MODEL, "--out", str(out), "--overwrite"]
-    else:
-        shutil.copytree(in_workspace / "runs/tiny/warmup", out)
-        monkeypatch.setattr("sleepify.training.checkpoint.save_file", full)
-        argv = ["train", "runs/tiny/convert", "--data", "data/rule110", "--steps", "1", "--out", str(out),
-                "--overwrite", "train.batch_size=2"]  # fmt: skip
+    if old is not None:
+        shutil.copytree(in_workspace / old, out)
+    else:  # an earlier report in --out, next to a file of the user's
+        code, _, err = run_cli(["-q", *argv, "--out", str(out)], capsys)
+        assert code == 0, err
+        (out / "notes.txt").write_text("mine\n")
+    monkeypatch.setattr(target, fail)
     before = tree_digest(tmp_path)
-    code, _, err = run_cli(["-q", *argv], capsys)
-    assert code == 2 and "Traceback" not in err
-    assert "disk full" in err and len([x for x in err.splitlines() if x.startswith("error:")]) == 1
+    code, _, err = run_cli(["-q", *argv, "--out", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: disk full while writing {tmp_path / named}"), (
+        err
+    )
+    if stage.startswith("train"):  # --overwrite: the run was built aside; nothing to resume
+        assert "needs about" in errors[0] and "nothing was replaced" in errors[0]
     assert tree_digest(tmp_path) == before
 
 
@@ -195,3 +188,35 @@ def test_a_kill_between_the_publish_renames_restores_the_old_output(tmp_path: Pa
     clean_stale_temps(final)
     assert (final / "weights").read_text() == "complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_disk_full_mid_run_names_the_checkpoint_and_the_resume(
+    in_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 1's checkpoint is written, step 2's hits a full disk (torch's zip writer, no path of its own):
+    the line names step 2's checkpoint and step 1's, no half checkpoint is left, and --resume finishes."""
+    import torch
+
+    real_save, calls = torch.save, []
+
+    def save(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 3:  # step 1: optimizer + trainer state; then step 2's optimizer state
+            _full_torch_zip()
+        return real_save(*args, **kwargs)
+
+    run = tmp_path / "run"
+    argv = ["-q", "train", "runs/tiny/convert", "--data", "data/rule110", "--steps", "3", "--out", str(run),
+            "train.batch_size=2", "train.checkpoint_every=1"]  # fmt: skip
+    monkeypatch.setattr("sleepify.training.checkpoint.torch.save", save)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    line = [x for x in err.splitlines() if x.startswith("error:")][-1]
+    ckpts = run / "checkpoints"
+    assert line.startswith(f"error: disk full while writing {ckpts / 'step-0000002'} (needs about "), line
+    assert f"--resume (the last good checkpoint {ckpts / 'step-0000001'} is kept)" in line, line
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000001"]
+    monkeypatch.setattr("sleepify.training.checkpoint.torch.save", real_save)
+    code, _, err = run_cli([*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
