@@ -26,27 +26,7 @@ from pathlib import Path
 
 import torch
 
-OURO_1_4B = {
-    "model_type": "ouro",
-    "architectures": ["OuroForCausalLM"],
-    "vocab_size": 49152,
-    "hidden_size": 2048,
-    "intermediate_size": 5632,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "max_position_embeddings": 65536,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "total_ut_steps": 4,
-    "early_exit_threshold": 1.0,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-    "pad_token_id": 0,
-}
+OURO_1_4B = json.loads(Path(__file__).with_name("ouro-1.4b-config.json").read_text())  # its config.json
 
 
 def ouro_tensors(cfg: dict):

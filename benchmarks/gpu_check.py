@@ -63,27 +63,8 @@ PURE_WHEELS = ["fla-core==0.6.0", "flash-linear-attention==0.6.0", "einops", "py
 BINARY_WHEELS = ["pydantic-core"]
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 
-# Ouro-1.4B (bench_convert.py writes the same config) and the models/ouro-1.4b recipe's Jet layers
-OURO_1_4B = {
-    "model_type": "ouro",
-    "vocab_size": 49152,
-    "hidden_size": 2048,
-    "intermediate_size": 5632,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "max_position_embeddings": 65536,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "total_ut_steps": 4,
-    "early_exit_threshold": 1.0,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-    "pad_token_id": 0,
-}
+# Ouro-1.4B's config.json (shared with bench_convert.py) and the models/ouro-1.4b recipe's Jet layers
+OURO_1_4B = json.loads((Path(__file__).with_name("ouro-1.4b-config.json")).read_text())
 TINY_OURO = {
     **OURO_1_4B,
     "vocab_size": 128,
