@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from sleepify.cli.common import verbosity_options
 from sleepify.errors import SleepifyError
 
 
@@ -49,6 +50,7 @@ def _int_list(text: str, option: str) -> list[int]:
     is_flag=True,
     help="also time decoding with the decode step torch.compile'd (SleepDecoder(compile=True))",
 )
+@verbosity_options
 def bench(
     model: str | None,
     contexts: str | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sleepify.cli.common import recipe_options
+from sleepify.cli.common import recipe_options, verbosity_options
 
 
 @click.command("convert")
@@ -24,6 +24,7 @@ from sleepify.cli.common import recipe_options
     "choice came from, the resolved recipe) and stop: only the config is read, nothing is written.",
 )
 @recipe_options
+@verbosity_options
 def convert(
     model: str | None,
     out_dir: str | None,
