@@ -190,11 +190,13 @@ def suppress_unless_disk_full(*kinds: type[BaseException]) -> Iterator[None]:
             raise
 
 
-class DiskFullError(SleepifyError):
-    """A full disk, as one line; ``need``: about how many bytes the write needed (None: unknown)."""
+class DiskFullError(SleepifyError, OSError):
+    """A full disk, as one line; ``need``: about how many bytes the write needed (None: unknown). Still an
+    ``OSError`` (errno ENOSPC) for code that catches those."""
 
     def __init__(self, message: str, need: int | None = None):
         super().__init__(message)
+        self.errno = errno.ENOSPC
         self.need = need
 
 

@@ -99,8 +99,9 @@ def test_interrupted_save_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod, "save_file", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"disk full while writing .*step-0000003 .*step-0000002 is kept"):
         ckpt_mod.save_checkpoint(tmp_path, 3, TinyLM().state_dict(), {}, {"step": 3})
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # no half checkpoint left
     assert latest_checkpoint(tmp_path) == good
     assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000001", "step-0000002"]
     expected = {k: tuple(v.shape) for k, v in TinyLM().state_dict().items()}
