@@ -756,6 +756,8 @@ REPORT_FILES = (PLOT_FILE, TABLE_FILE, EVAL_FILE)  # publish order: eval.json, t
 def check_report_folder(out_dir: str | Path) -> Path:
     """One line, before any model loads, when ``--out`` cannot hold the report."""
     out_dir = Path(out_dir)
+    if out_dir.name in ("", "..") or out_dir.name == ".":  # `--out .`: stage and lock next to its real name
+        out_dir = out_dir.resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise EvalError(f"--out {out_dir} is a file: choose a folder for eval.json / eval.md / eval.png")
     return out_dir

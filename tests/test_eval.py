@@ -399,3 +399,27 @@ def test_eval_keeps_only_the_logits_that_predict_answers(tiny: Path) -> None:
     assert kept.buckets == full.buckets
     assert trimmed and all(k < 20 for k in trimmed)  # the answer bits (+1), not the whole row
     assert widths and all(k > 30 for k in widths)  # every column
+
+
+def test_report_goes_into_a_shared_folder_and_an_eval_only_dataset(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out .`` holding a file of the user's and an old report: the user's file stays, the report is
+    replaced (a stale eval.png removed under --no-plot), nothing is left beside the folder. The data is
+    evaluation-only (``data --n-train 0``)."""
+    only_test = tmp_path / "only-test"
+    invoke(
+        ["data", "rule110", "--out", str(only_test), "--n-train", "0", "--n-test", "5", "--t", "0", "--quiet"]
+    )
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("mine\n")
+    (shared / "eval.png").write_bytes(b"old plot")
+    (shared / "eval.json").write_text("{}")
+    monkeypatch.chdir(shared)
+    invoke(["eval", str(tiny / "run" / "convert"), "--data", str(only_test), "--out", ".", "--no-plot", "-q"])
+    assert sorted(p.name for p in shared.iterdir()) == ["eval.json", "eval.md", "notes.txt"]
+    assert (shared / "notes.txt").read_text() == "mine\n"
+    report = json.loads((shared / "eval.json").read_text())
+    assert report["data"]["rows"] == 5 and report["data"]["split"] == "test"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["only-test", "shared"]  # no temporary, no lock
