@@ -524,7 +524,9 @@ def _load_model(model_dir: Path, dtype: str, device: Any) -> Any:
         from sleepify.model_io import load_model
 
         model = load_model(model_dir, torch_dtype)
-    except Exception as err:  # noqa: BLE001 - any load failure becomes one clear line
+    except ModelLoadError:  # already the one line
+        raise
+    except Exception as err:  # noqa: BLE001 - any other load failure (no config.json, ...) becomes one line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelLoadError(f"cannot load the model in {model_dir}: {first}") from None
     return model.to(device)
@@ -756,7 +758,7 @@ REPORT_FILES = (PLOT_FILE, TABLE_FILE, EVAL_FILE)  # publish order: eval.json, t
 def check_report_folder(out_dir: str | Path) -> Path:
     """One line, before any model loads, when ``--out`` cannot hold the report."""
     out_dir = Path(out_dir)
-    if out_dir.name in ("", "..") or out_dir.name == ".":  # `--out .`: stage and lock next to its real name
+    if out_dir.name in ("", ".."):  # `--out .` / `..`: stage and lock next to the folder's real name
         out_dir = out_dir.resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise EvalError(f"--out {out_dir} is a file: choose a folder for eval.json / eval.md / eval.png")

@@ -36,15 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sleepify.errors import SleepifyError
-from sleepify.fsutil import (
-    RunLock,
-    check_free_space,
-    clean_stale_temps,
-    disk_full_names,
-    publish_folder,
-    suppress_unless_disk_full,
-    temp_sibling,
-)
+from sleepify.fsutil import RunLock, check_free_space, publish_folder, staging, suppress_unless_disk_full
 from sleepify.remote_code import AUTO_MAP, write_remote_code
 
 __all__ = [
@@ -669,55 +661,47 @@ def export(
             if log is not None:
                 log(f"warning: {err}; the card's usage snippet names the folder {out}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out).acquire()  # two exports into one --out: the second refuses in one line
-    clean_stale_temps(out)  # what a killed export left behind
-    tmp = temp_sibling(out)
-    try:
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    check_free_space(out.parent, need, "the export")
+    # two exports into one --out: the second refuses in one line
+    with RunLock(out), staging(out, need) as tmp:
         if out.exists() and any(out.iterdir()) and not overwrite:  # again, under the lock
             raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
-        need = sum(p.numel() * p.element_size() for p in model.parameters())
-        check_free_space(out.parent, need, "the export")
-        with disk_full_names(out, need):
-            # self-contained remote code: loads with trust_remote_code=True where sleepify is not installed
-            model.config.auto_map = dict(AUTO_MAP)
-            model.save_pretrained(tmp, max_shard_size=max_shard_size)
-            write_remote_code(tmp)
-            with suppress_unless_disk_full(OSError, ValueError, TypeError):
-                AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+        # self-contained remote code: loads with trust_remote_code=True where sleepify is not installed
+        model.config.auto_map = dict(AUTO_MAP)
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        write_remote_code(tmp)
+        with suppress_unless_disk_full(OSError, ValueError, TypeError):
+            AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+        try:
+            gen = GenerationConfig.from_pretrained(model_dir)
+        except OSError:
+            gen = GenerationConfig.from_model_config(model.config)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(gen, name, None) is None and getattr(model.config, name, None) is not None:
+                setattr(gen, name, getattr(model.config, name))
+        gen.save_pretrained(tmp)
+        if (model_dir / "recipe.yaml").is_file():
+            shutil.copy2(model_dir / "recipe.yaml", tmp / "recipe.yaml")
+        eval_data, plots = None, []
+        if eval_file is not None:
             try:
-                gen = GenerationConfig.from_pretrained(model_dir)
-            except OSError:
-                gen = GenerationConfig.from_model_config(model.config)
-            for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-                if getattr(gen, name, None) is None and getattr(model.config, name, None) is not None:
-                    setattr(gen, name, getattr(model.config, name))
-            gen.save_pretrained(tmp)
-            if (model_dir / "recipe.yaml").is_file():
-                shutil.copy2(model_dir / "recipe.yaml", tmp / "recipe.yaml")
-            eval_data, plots = None, []
-            if eval_file is not None:
-                try:
-                    eval_data = json.loads(eval_file.read_text())
-                except ValueError as err:
-                    if log is not None:
-                        log(f"warning: {eval_file} is not valid JSON ({err}); the card has no evaluation")
-                if eval_data is not None:
-                    (tmp / "eval").mkdir()
-                    shutil.copy2(eval_file, tmp / "eval" / "eval.json")
-                    for png in sorted(eval_file.parent.glob("*.png")):
-                        shutil.copy2(png, tmp / "eval" / png.name)
-                        plots.append(f"eval/{png.name}")
-            run_name = run_dir.name if run_dir is not None else None
-            card = model_card(
-                model.config, stages, base, eval_data, plots, card_repo, dtype_name, run_name, folder=out
-            )
-            (tmp / "README.md").write_text(card)
-            publish_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        lock.release()
+                eval_data = json.loads(eval_file.read_text())
+            except ValueError as err:
+                if log is not None:
+                    log(f"warning: {eval_file} is not valid JSON ({err}); the card has no evaluation")
+            if eval_data is not None:
+                (tmp / "eval").mkdir()
+                shutil.copy2(eval_file, tmp / "eval" / "eval.json")
+                for png in sorted(eval_file.parent.glob("*.png")):
+                    shutil.copy2(png, tmp / "eval" / png.name)
+                    plots.append(f"eval/{png.name}")
+        run_name = run_dir.name if run_dir is not None else None
+        card = model_card(
+            model.config, stages, base, eval_data, plots, card_repo, dtype_name, run_name, folder=out
+        )
+        (tmp / "README.md").write_text(card)
+        publish_folder(tmp, out)
     result = ExportResult(out, model_dir, run_dir, stages, eval_file)
     if log is not None:
         log(f"exported {model_dir} -> {out} ({dtype_name}, shards <= {max_shard_size})")

@@ -173,7 +173,10 @@ def disk_full_message(
     full = full or any(m in text for m in markers)
     if not full:
         return None
-    path = where or getattr(err, "filename", None)
+    return _disk_full_line(where or getattr(err, "filename", None), need, hint)
+
+
+def _disk_full_line(path: Path | str | None, need: int | None, hint: str | None) -> str:
     size = f" (needs about {_human(need)})" if need else ""
     hint = hint or "free some space or choose another --out; nothing was replaced"
     return f"disk full while writing {path or 'the output'}{size}: {hint}"
@@ -213,8 +216,7 @@ def disk_full_names(
     except DiskFullError as err:
         if not outer:
             raise
-        message = disk_full_message(OSError(errno.ENOSPC, "No space left on device"), where, err.need, hint)
-        raise DiskFullError(message, err.need) from None
+        raise DiskFullError(_disk_full_line(where, err.need, hint), err.need) from None
     except SleepifyError:
         raise
     except Exception as err:  # noqa: BLE001 - only a full disk is converted; anything else re-raised

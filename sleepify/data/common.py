@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from sleepify.errors import SleepifyError
-from sleepify.fsutil import RunLock, clean_stale_temps, disk_full_names, publish_folder, temp_sibling
+from sleepify.fsutil import RunLock, publish_folder, staging
 
 COLUMNS = ("input_ids", "attention_mask", "loss_mask", "answer_starts", "answer_lengths", "bucket", "text")
 SPLIT_STREAM = {"train": 0, "test": 1}
@@ -226,29 +225,21 @@ def write_dataset(
     dd = datasets.DatasetDict({name: ds for name, ds in dd.items() if ds.num_rows > 0})
     if not dd:
         raise DataError("--n-train and --n-test are both 0: nothing to write (give one of them rows)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(path).acquire()  # two `sleepify data` into one --out: the second refuses in one line
-    clean_stale_temps(path)  # what a killed run left behind
-    tmp = temp_sibling(path)
-    try:
+    # two `sleepify data` into one --out: the second refuses in one line
+    with RunLock(path), staging(path) as tmp:
         check_out(out, overwrite)  # again, under the lock: another run may have published meanwhile
-        with disk_full_names(path):
-            dd.save_to_disk(str(tmp))
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp / "tokenizer"))
-            full_meta = {
-                "sleepify_data_version": 1,
-                "columns": list(COLUMNS),
-                "loss_mask": "loss_mask[i] == 1 iff token i is an answer token, predicted from tokens < i",
-                "splits": counts,
-                **meta,
-            }
-            (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
+        dd.save_to_disk(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        full_meta = {
+            "sleepify_data_version": 1,
+            "columns": list(COLUMNS),
+            "loss_mask": "loss_mask[i] == 1 iff token i is an answer token, predicted from tokens < i",
+            "splits": counts,
+            **meta,
+        }
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
         publish_folder(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        lock.release()
     return dd
 
 

@@ -29,6 +29,13 @@ def start(argv: list[str], cwd: Path, env: dict[str, str] = ENV) -> subprocess.P
                             text=True)  # fmt: skip
 
 
+def temps(folder: Path) -> list[Path]:
+    """Hidden ``.NAME.tmp-*`` / ``.NAME.old-*`` folders in ``folder`` (what a killed run leaves)."""
+    return [
+        p for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)
+    ]
+
+
 def stage_argv(what: str, workspace: Path, out: Path) -> list[str]:
     """A ``convert`` / ``export`` / ``data`` command that replaces ``out`` (a few seconds of work)."""
     return {

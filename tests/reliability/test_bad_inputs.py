@@ -103,6 +103,7 @@ def test_bad_input_is_one_line(argv: list[str], in_workspace: Path, capsys: pyte
     assert "Traceback" not in err
     errors = [line for line in lines if line.startswith(("error:", "Error:"))]
     assert len(errors) == 1, err
+    assert errors[0].count("cannot load the model") <= 1, err  # said once, not wrapped twice
     assert tree_digest(in_workspace) == before
 
 

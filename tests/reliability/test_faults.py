@@ -17,13 +17,7 @@ import pytest
 
 from sleepify.fsutil import RunLock, clean_stale_temps
 from sleepify.training.loop import cut_metrics
-from tests.reliability.conftest import ENV, MODEL, kill_when, run_cli, stage_argv, start, tree_digest
-
-
-def _temps(folder: Path) -> list[Path]:
-    return [
-        p for p in folder.iterdir() if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name)
-    ]
+from tests.reliability.conftest import ENV, MODEL, kill_when, run_cli, stage_argv, start, temps, tree_digest
 
 
 def test_kill_train_then_resume_gives_clean_metrics(workspace: Path, tmp_path: Path) -> None:
@@ -60,9 +54,9 @@ def test_kill_while_publishing_keeps_the_old_output(what: str, workspace: Path, 
     source = {"convert": "runs/tiny/convert", "export": "exported", "data": "data/rule110"}[what]
     shutil.copytree(workspace / source, out)
     before = tree_digest(out)
-    killed = kill_when(start(argv, tmp_path), lambda: bool(_temps(tmp_path)))
+    killed = kill_when(start(argv, tmp_path), lambda: bool(temps(tmp_path)))
     if killed:
-        assert _temps(tmp_path)
+        assert temps(tmp_path)
         clean_stale_temps(out)  # what the next run does first
     # the old output, or (killed while publishing, or finished first) the complete new one: never a half
     after = tree_digest(out)
@@ -72,7 +66,7 @@ def test_kill_while_publishing_keeps_the_old_output(what: str, workspace: Path, 
         subprocess.run([sys.executable, "-m", "sleepify", "-q", *argv_fresh], cwd=tmp_path, env=ENV,
                        capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
         assert after.keys() == tree_digest(fresh).keys()
-    assert not _temps(tmp_path)
+    assert not temps(tmp_path)
 
 
 def _full_oserror(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202

@@ -18,8 +18,7 @@ import pytest
 from safetensors.torch import load_file
 
 from sleepify.fsutil import clean_stale_temps
-from tests.reliability.conftest import CLI, ENV, kill_when, stage_argv, start, tree_digest
-from tests.reliability.test_faults import _temps
+from tests.reliability.conftest import CLI, ENV, kill_when, stage_argv, start, temps, tree_digest
 
 
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -86,7 +85,7 @@ def test_train_killed_again_and_again_ends_identical(workspace: Path, tmp_path: 
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
     a, b = load_file(ref / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
-    assert not _temps(run) and not list((run / "checkpoints").glob("*.tmp"))
+    assert not temps(run) and not list((run / "checkpoints").glob("*.tmp"))
     assert not (tmp_path / ".run.lock").exists()
 
 
@@ -110,7 +109,7 @@ def test_killed_at_moments_spread_over_the_run(what: str, workspace: Path, tmp_p
         proc.wait()
         clean_stale_temps(out)  # what the next start does first
         assert tree_digest(out).keys() == files, f"kill {i}/8"
-        assert not _temps(tmp_path)
+        assert not temps(tmp_path)
     assert killed >= 4
 
 
