@@ -1,0 +1,185 @@
+"""Depo at CPU scale (issue 14; the shape of the paper's Fig. 3): test loss per hop count k over training
+steps, for N = 1, 2, 4 sleep passes.
+
+The shipped recipe ``recipes/repro/depo-cpu.yaml`` (d = 64 GDN hybrid, cycles of 3-12 nodes, queries with
+k <= 8, L = 12, hard eviction, 600 steps of 64 rows, a checkpoint every 100 steps) is run once per N with
+the same initial weights and data order:
+
+    sleepify data depo --out OUT/data --max-nodes 12 --max-k 8 --n-queries 4 --n-train 50000 \\
+        --n-test 1000 --seed D
+    sleepify convert builtin:gdn-hybrid-4-small --out OUT/convert -r repro/depo-cpu train.seed=I
+    sleepify train OUT/convert -r repro/depo-cpu --N N --data OUT/data train.seed=D --out OUT/N<N>
+
+then the converted model (step 0), every kept checkpoint and the final model are scored on the first
+``--n-eval`` test rows (test k in {1, 2, 4, 8}), each with the run's N, by the same
+``sleepify.evaluation.evaluate`` that ``sleepify eval`` uses: answer-token loss and exact match per k.
+Writes ``OUT/curves.jsonl`` (one row per N, step and k), ``OUT/curves.md`` and ``OUT/curves.png``
+(one panel per k, a line per N). Finished runs are not retrained (``--resume auto``) and scored steps are
+kept, so the script can be restarted.
+
+Usage::
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 nohup python experiments/depo_cpu.py --out runs/depo > runs/depo.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+RECIPE = "repro/depo-cpu"
+DATA_ARGS = [
+    "--max-nodes",
+    "12",
+    "--max-k",
+    "8",
+    "--n-queries",
+    "4",
+    "--n-train",
+    "50000",
+    "--n-test",
+    "1000",
+]
+
+
+def sh(args: list[str], log: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with log.open("a") as f:
+        f.write("$ " + " ".join(args) + "\n")
+        f.flush()
+        subprocess.run(args, check=True, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def sleepify(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sleepify", *args]
+
+
+def weight_files(convert_dir: Path, run: Path) -> dict[int, Path]:
+    """Step -> safetensors file: the converted model (0), every kept checkpoint, the final model."""
+    from sleepify.training.checkpoint import checkpoint_dirs
+
+    files = {0: convert_dir / "model.safetensors"}
+    for ckpt in checkpoint_dirs(run):
+        files[int(json.loads((ckpt / "meta.json").read_text())["step"])] = ckpt / "model.safetensors"
+    steps = max(int(json.loads(line)["step"]) for line in (run / "metrics.jsonl").read_text().splitlines())
+    files.setdefault(steps, run / "model" / "model.safetensors")
+    return dict(sorted(files.items()))
+
+
+def score(run: Path, files: dict[int, Path], data_dir: Path, n_eval: int, done: set[int]) -> list[dict]:
+    """Loss and exact match per k of the run's model (its N) with each step's weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sleepify.evaluation import evaluate, load_eval_data
+    from sleepify.model_io import load_model
+
+    test, _ = load_eval_data(data_dir)
+    model = load_model(run / "model", torch.float32)
+    passes = int(model.config.sleep_passes)
+    rows = []
+    for step, path in files.items():
+        if step in done:
+            continue
+        model.load_state_dict(load_file(str(path)))
+        res = evaluate(model, test, batch_size=100, max_examples=n_eval)
+        for k, b in sorted(res.buckets.items()):
+            rows.append({"N": passes, "step": step, "k": int(k), "loss": b.loss, "exact_match": b.accuracy})
+        rows.append({"N": passes, "step": step, "k": "all", "loss": res.overall.loss,
+                     "exact_match": res.overall.accuracy})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def write_report(out: Path, rows: list[dict]) -> None:
+    (out / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    arms = sorted({r["N"] for r in rows})
+    ks = sorted({r["k"] for r in rows if r["k"] != "all"})
+    last = {n: max(r["step"] for r in rows if r["N"] == n) for n in arms}
+    lines = [
+        "| k | " + " | ".join(f"N={n} loss (exact match)" for n in arms) + " |",
+        "|---:|" + "---:|" * len(arms),
+    ]
+    for k in [*ks, "all"]:
+        cells = []
+        for n in arms:
+            r = next(r for r in rows if r["N"] == n and r["k"] == k and r["step"] == last[n])
+            cells.append(f"{r['loss']:.3f} ({r['exact_match']:.3f})")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    (out / "curves.md").write_text("\n".join(lines) + "\n")
+    plot(out / "curves.png", rows, arms, ks)
+
+
+def plot(path: Path, rows: list[dict], arms: list[int], ks: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks), 3.2), sharey=True)
+    for ax, k in zip(axes, ks, strict=True):
+        for n in arms:
+            rs = sorted((r for r in rows if r["N"] == n and r["k"] == k), key=lambda r: r["step"])
+            ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], marker=".", label=f"N={n}")
+        ax.set_title(f"k = {k}")
+        ax.set_xlabel("step (64 rows)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test answer-token loss (nats)")
+    axes[0].legend()
+    fig.suptitle("Depo at CPU scale: 3-12 nodes, L = 12, hard eviction, d = 64", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/depo"))
+    p.add_argument("--arms", nargs="+", type=int, default=[1, 2, 4])
+    p.add_argument("--init-seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="override train.steps (a quick try); default the recipe's 600")
+    p.add_argument("--n-train", type=int, default=50_000)
+    p.add_argument("--n-test", type=int, default=1_000)
+    p.add_argument("--n-eval", type=int, default=500, help="test rows scored per step")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from curves.jsonl")
+    args = p.parse_args(argv)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "commands.log"
+    curves = out / "curves.jsonl"
+    rows = [json.loads(line) for line in curves.read_text().splitlines()] if curves.is_file() else []
+    if not args.report_only:
+        data_dir, convert_dir = out / "data", out / "convert"
+        if not (data_dir / "meta.json").is_file():
+            sh(sleepify("data", "depo", "--out", str(data_dir), *DATA_ARGS, "--n-train", str(args.n_train),
+                        "--n-test", str(args.n_test), "--seed", str(args.data_seed),
+                        "--quiet", "--overwrite"), log)  # fmt: skip
+        if not (convert_dir / "config.json").is_file():
+            sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
+                        f"train.seed={args.init_seed}", "--overwrite"), log)  # fmt: skip
+        steps = (
+            []
+            if args.steps is None
+            else [f"train.steps={args.steps}", f"train.checkpoint_every={max(1, args.steps // 2)}"]
+        )
+        for n in args.arms:
+            run = out / f"N{n}"
+            if not (run / "model" / "config.json").is_file():
+                sh(sleepify("train", str(convert_dir), "-r", RECIPE, "--N", str(n), "--data", str(data_dir),
+                            f"train.seed={args.data_seed}", *steps, "--out", str(run), "--resume", "auto"),
+                   log)  # fmt: skip
+            done = {r["step"] for r in rows if r["N"] == n}
+            rows += score(run, weight_files(convert_dir, run), data_dir, args.n_eval, done)
+            write_report(out, rows)
+    if rows:
+        write_report(out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The experiment scripts under experiments/ run end to end on a tiny budget and can be restarted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_depo_cpu_scores_every_checkpoint_per_k_and_restarts(tmp_path: Path) -> None:
+    depo = load("depo_cpu")
+    out = tmp_path / "depo"
+    args = ["--out", str(out), "--arms", "1", "2", "--steps", "2", "--n-train", "32", "--n-test", "16",
+            "--n-eval", "16"]  # fmt: skip
+    assert depo.main(args) == 0
+    rows = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+    # step 0 (the converted model), the checkpoint at step 1 and the final step 2, for both N
+    assert {(r["N"], r["step"]) for r in rows} == {(n, s) for n in (1, 2) for s in (0, 1, 2)}
+    ks = {r["k"] for r in rows}
+    assert "all" in ks and ks - {"all"} <= {1, 2, 4, 8} and len(ks) >= 3
+    # the same weights score the same under N = 1 and N = 2 only at step 0 if N does not matter: it does
+    first = {(r["N"], r["k"]): r["loss"] for r in rows if r["step"] == 0}
+    assert first[(1, "all")] != first[(2, "all")]
+    assert all(r["loss"] > 0 for r in rows)
+    assert (out / "curves.png").stat().st_size > 0 and "| all |" in (out / "curves.md").read_text()
+    # a restart retrains and rescores nothing
+    before = (out / "curves.jsonl").read_text()
+    mtime = (out / "N1" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert depo.main(args) == 0
+    assert (out / "curves.jsonl").read_text() == before
+    assert (out / "N1" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+    stored = (out / "N2" / "recipe.yaml").read_text()
+    assert "window: 12" in stored and "passes: 2" in stored
