@@ -46,7 +46,15 @@ import torch
 from torch import nn
 
 from sleepify.errors import ModelLoadError, SleepifyError
-from sleepify.fsutil import RunLock, check_free_space, publish_folder, refuse_inside, staging, write_pointer
+from sleepify.fsutil import (
+    RunLock,
+    check_free_space,
+    publish_folder,
+    refuse_inside,
+    staging,
+    tensor_bytes,
+    write_pointer,
+)
 from sleepify.layers.gates import spread_rate_min
 from sleepify.models.registry import ALIASES, ModelAlias, get_alias
 
@@ -563,7 +571,7 @@ def convert(
     model.eval()
     params_after = _count(model.parameters())
 
-    check_free_space(out_dir.parent, _nbytes(model), "the converted model")
+    check_free_space(out_dir.parent, tensor_bytes(model), "the converted model")
     with RunLock(out_dir), staging(out_dir) as tmp:  # built next to --out, published in one step at the end
         _write_model(model, model.config, rec, tmp)
         for name in TOKENIZER_FILES:
@@ -631,10 +639,6 @@ def _write_model(model: nn.Module, config: Any, rec: Any, out_dir: Path) -> None
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     state = [(n, p) for n, p in model.state_dict().items() if n not in tied]
     write_safetensors(state, out_dir)
-
-
-def _nbytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def _finish(
@@ -705,7 +709,7 @@ def _convert_builtin(
     model.eval()
     params_before = _count(model.base.parameters())
     params_after = _count(model.parameters())
-    check_free_space(out_dir.parent, _nbytes(model), "the converted model")
+    check_free_space(out_dir.parent, tensor_bytes(model), "the converted model")
     with RunLock(out_dir), staging(out_dir) as tmp:  # built next to --out, published in one step at the end
         _write_model(model, config, rec, tmp)
         build_char_tokenizer().save_pretrained(tmp)

@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from sleepify.errors import SleepifyError
-from sleepify.fsutil import RunLock, check_free_space, publish_folder, staging, suppress_unless_disk_full
+from sleepify.fsutil import (
+    RunLock,
+    check_free_space,
+    publish_folder,
+    staging,
+    suppress_unless_disk_full,
+    tensor_bytes,
+)
 from sleepify.remote_code import AUTO_MAP, write_remote_code
 
 __all__ = [
@@ -661,7 +668,7 @@ def export(
             if log is not None:
                 log(f"warning: {err}; the card's usage snippet names the folder {out}")
 
-    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = tensor_bytes(model)
     check_free_space(out.parent, need, "the export")
     # two exports into one --out: the second refuses in one line
     with RunLock(out), staging(out, need) as tmp:

@@ -140,6 +140,21 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def tensor_bytes(obj: object) -> int:
+    """Bytes held by the tensors in ``obj``: a tensor, a (nested) dict / list / tuple of them (a state dict,
+    an optimizer state) or a module (its parameters and buffers, tied weights once) -- what writing it
+    needs on disk, roughly. Duck-typed so that this module does not import torch."""
+    if hasattr(obj, "numel") and hasattr(obj, "element_size"):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    if hasattr(obj, "parameters") and hasattr(obj, "buffers"):  # an nn.Module
+        return sum(tensor_bytes(t) for t in (*obj.parameters(), *obj.buffers()))
+    return 0
+
+
 def check_free_space(where: Path, need: int, what: str) -> None:
     """One line before writing when the filesystem of ``where`` has clearly less than ``need`` bytes."""
     probe = Path(where)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sleepify.fsutil import disk_full_names
+from sleepify.fsutil import disk_full_names, tensor_bytes
 
 CHECKPOINTS = "checkpoints"
 PREFIX = "step-"
@@ -59,17 +59,6 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     return sorted(f for f in found if (f / "meta.json").is_file())
 
 
-def _nbytes(obj: Any) -> int:
-    """Bytes of every tensor in a (nested) state dict."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     dirs = checkpoint_dirs(run_dir)
     return dirs[-1] if dirs else None
@@ -91,7 +80,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    need = _nbytes(weights) + _nbytes(optimizer_state)
+    need = tensor_bytes(weights) + tensor_bytes(optimizer_state)
     last = latest_checkpoint(run_dir)
     hint = (
         f"free some space, then run the same command with --resume (the last good checkpoint {last} is kept)"

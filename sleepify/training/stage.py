@@ -37,6 +37,7 @@ from sleepify.fsutil import (
     staging,
     suppress_unless_disk_full,
     temp_sibling,
+    tensor_bytes,
     write_pointer,
 )
 
@@ -358,7 +359,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     if torch.cuda.is_available():
         model.cuda()
     if is_main:
-        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        size = tensor_bytes(model)
         # weights + optimizer state (about twice the weights) per kept checkpoint, and the final model
         need = size * (3 * max(1, rec.train.keep_checkpoints) + 1)
         check_free_space(run_dir.parent, need, f"the {stage} run")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sleepify.fsutil import RunLock, clean_stale_temps
+from sleepify.fsutil import RunLock, clean_stale_temps, tensor_bytes
 from sleepify.training.loop import cut_metrics
 from tests.reliability.conftest import ENV, MODEL, kill_when, run_cli, stage_argv, start, temps, tree_digest
 
@@ -214,3 +214,17 @@ def test_disk_full_mid_run_names_the_checkpoint_and_the_resume(
     code, _, err = run_cli([*argv, "--resume"], capsys)
     assert code == 0, err
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_tensor_bytes_counts_what_is_written() -> None:
+    import torch
+
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied: written once
+    model = torch.nn.Sequential(emb, head, torch.nn.BatchNorm1d(4))
+    weights = 10 * 4 * 4
+    norm = (4 + 4) * 4 + (4 + 4) * 4 + 8  # weight, bias; running mean, var; num_batches_tracked (int64)
+    assert tensor_bytes(model) == weights + norm
+    state = {"a": torch.zeros(3, dtype=torch.bfloat16), "b": [torch.zeros(2), {"c": torch.zeros(1)}], "s": 3}
+    assert tensor_bytes(state) == 3 * 2 + 2 * 4 + 4
