@@ -38,12 +38,16 @@ PLATEAU = 0.67  # a run has left the plateau at the first logged step from which
 RECIPE = "repro/rule110-cpu"
 CURRICULUM = "repro/rule110-cpu-curriculum"
 # Method variants for the ablation of the issue-14 defaults (run names get "-VARIANT"): the old forget-gate
-# init (a different convert: conversion.decay_init=fla) and the conv state carried between passes.
+# init (a different convert: conversion.decay_init=fla) and the conv state carried across windows and
+# between passes (carry), or along one of the two paths only.
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "": {"convert": [], "train": []},
     "fla-init": {"convert": ["conversion.decay_init=fla"], "train": []},
     "carry": {"convert": [], "train": ["sleep.conv_state=carry"]},
     "fla-init-carry": {"convert": ["conversion.decay_init=fla"], "train": ["sleep.conv_state=carry"]},
+    # carry's two paths one at a time: over the window boundary only / between the passes of a window only
+    "carry-windows": {"convert": [], "train": ["sleep.conv_state=carry-across-windows"]},
+    "carry-passes": {"convert": [], "train": ["sleep.conv_state=carry-between-passes"]},
 }
 
 

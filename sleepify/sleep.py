@@ -30,7 +30,8 @@ The rules (SPEC §3, paper Algorithm 1)
    ``N * wake_passes`` passes (sleep); pass ``n`` reads the hidden states of pass ``n - 1`` and every mixer
    continues from the state S that pass ``n - 1`` left (Algorithm 1, line 8: ``h, S <- Blocks(h, S)``).
    Only S carries: with ``conv_state="reset"`` (the default) every mixer's short-convolution window starts
-   empty in every pass of every window; ``"carry"`` (a method variant) lets it flow on like S.
+   empty in every pass of every window; ``"carry"`` (a method variant) lets it flow on like S;
+   ``"carry-across-windows"`` / ``"carry-between-passes"`` keep only one of carry's two paths (ablation).
    Then the coda runs once, then the final norm and the LM head.
    Rows of one batch that disagree (some wake, some sleep) are handled exactly: the first ``wake_passes``
    passes of a consolidation *are* the wake forward, so the wake rows read their hidden states and states
@@ -104,7 +105,11 @@ __all__ = [
 IGNORE = -100
 EVICTIONS = ("hard", "sliding")
 LOGITS_MODES = ("stream", "wake", "all", "none")  # see sleep_forward
-CONV_STATES = ("reset", "carry")
+CONV_STATES = ("reset", "carry", "carry-across-windows", "carry-between-passes")
+# the two paths of "carry", each alone (ablation): a new window's first pass starts from the conv window the
+# previous window's last pass left / pass n of a window starts from the one pass n - 1 left
+_RESET_BETWEEN_PASSES = ("reset", "carry-across-windows")
+_RESET_AT_WINDOWS = ("reset", "carry-between-passes")
 KV = tuple[Tensor, Tensor]  # (key, value), each [B, H_kv, K, D]
 
 
@@ -124,7 +129,7 @@ class SleepSettings:
     truncate_passes: int | None = None
     truncate_windows: int | None = None
     backend: str = "auto"  # passed to the mixers' ops
-    conv_state: str = "reset"  # "reset" (Algorithm 1: only S carries) | "carry" (method variant)
+    conv_state: str = "reset"  # "reset" (Algorithm 1: only S carries) | "carry" and its halves (variants)
 
     def __post_init__(self) -> None:
         if self.eviction not in EVICTIONS:
@@ -447,7 +452,7 @@ def _window_core(
                     mixers[i] = mixers[i].detach()
             kv_out = {key: _detach(val) if start <= key[0] < end else val for key, val in kv_out.items()}
         slot = n % wp
-        if n > 0 and settings.conv_state == "reset":  # Algorithm 1: each pass carries S only
+        if n > 0 and settings.conv_state in _RESET_BETWEEN_PASSES:  # Algorithm 1: each pass carries S only
             mixers = _empty_conv(mixers, range(start, end))
         for i in range(start, end):
             h = run(i, h, slot, mixers, kv_out, rec=n == wp - 1)
@@ -478,9 +483,10 @@ def _window_core(
 
 
 def _entry_mixers(settings: SleepSettings, mixers: dict[int, MixerState]) -> dict[int, MixerState]:
-    """The mixer states a new window starts from: as they are (``conv_state="carry"``) or with every
-    conv window emptied (``"reset"``: only S crosses the window boundary, Algorithm 1)."""
-    return _empty_conv(mixers) if settings.conv_state == "reset" else mixers
+    """The mixer states a new window starts from: as they are (``conv_state="carry"`` or
+    ``"carry-across-windows"``) or with every conv window emptied (``"reset"``: only S crosses the window
+    boundary, Algorithm 1; ``"carry-between-passes"``)."""
+    return _empty_conv(mixers) if settings.conv_state in _RESET_AT_WINDOWS else mixers
 
 
 def _window_context(

@@ -282,24 +282,48 @@ def _conv_seen(model, ids, passes):
     return seen
 
 
-@pytest.mark.parametrize("conv_state", ["reset", "carry"])
+# What the first Jet mixer's conv window holds when each of its 7 calls starts (windows: sleep with 3
+# passes, sleep with 3, wake): 0 = empty, 1 = carried from the call before.
+CONV_SEEN = {
+    "reset": [0, 0, 0, 0, 0, 0, 0],
+    "carry": [0, 1, 1, 1, 1, 1, 1],
+    "carry-across-windows": [0, 0, 0, 1, 0, 0, 1],
+    "carry-between-passes": [0, 1, 1, 0, 1, 1, 0],
+}
+
+
+@pytest.mark.parametrize("conv_state", sorted(CONV_SEEN))
 def test_conv_state_between_passes_and_windows(conv_state):
     """reset (Algorithm 1): every pass of every window starts with an empty conv window, only S carries;
-    carry: pass n continues from the conv window pass n - 1 left, and a window from the previous one's."""
+    carry: pass n continues from the conv window pass n - 1 left, and a window from the previous one's;
+    carry-across-windows / carry-between-passes: only the one path."""
     torch.manual_seed(0)
     _, model = build(FAMILIES["qwen2"](), jet_after=(0,), window=L)
     perturb_jets(model)
     model.config.conv_state = conv_state
     ids = torch.randint(1, 64, (2, 3 * L))
-    seen = _conv_seen(model, ids, passes=3)  # windows: sleep (3 passes), sleep (3), wake (1)
-    assert len(seen) == 7
-    if conv_state == "reset":
-        assert seen == [0.0] * 7
-    else:
-        assert seen[0] == 0.0 and all(x > 0 for x in seen[1:])
+    seen = _conv_seen(model, ids, passes=3)
+    assert [int(x > 0) for x in seen] == CONV_SEEN[conv_state]
 
 
-@pytest.mark.parametrize("conv_state", ["reset", "carry"])
+@pytest.mark.parametrize(
+    ("variant", "same_as"), [("carry-across-windows", "carry"), ("carry-between-passes", "reset")]
+)
+def test_conv_state_halves_at_one_pass(variant, same_as):
+    """With N = 1 there is no pass to carry between: each half of carry is one of the two full settings."""
+    torch.manual_seed(0)
+    _, model = build(FAMILIES["qwen2"](), jet_after=(0, 2), window=L)
+    perturb_jets(model)
+    ids = torch.randint(1, 64, (2, 3 * L))
+    logits = {}
+    for conv_state in (variant, same_as):
+        model.config.conv_state = conv_state
+        with torch.no_grad():
+            logits[conv_state] = model(ids, sleep_passes=1).logits
+    torch.testing.assert_close(logits[variant], logits[same_as], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("conv_state", sorted(CONV_SEEN))
 def test_conv_state_at_eviction(conv_state):
     """What the next window computes depends on the carried conv windows only under carry."""
     torch.manual_seed(0)
@@ -317,7 +341,7 @@ def test_conv_state_at_eviction(conv_state):
         }
         a = model(ids[:, L:], sleep_passes=2, sleep_state=state).logits
         b = model(ids[:, L:], sleep_passes=2, sleep_state=noisy).logits
-    if conv_state == "reset":
+    if conv_state in ("reset", "carry-between-passes"):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     else:
         assert (a - b).abs().max() > 1e-4

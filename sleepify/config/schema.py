@@ -104,11 +104,12 @@ class SleepSection(Section):
     checkpoint_windows: bool = Field(True, description="activation checkpointing per window in training")
     truncate_passes: int | None = Field(None, ge=1, description="backprop through only the last k passes")
     truncate_windows: int | None = Field(None, ge=1, description="backprop through only the last k windows")
-    conv_state: Literal["reset", "carry"] = Field(
+    conv_state: Literal["reset", "carry", "carry-across-windows", "carry-between-passes"] = Field(
         "reset",
         description="short-convolution state of the SSM mixers: reset (Algorithm 1: only S carries; the "
         "conv window starts empty in every pass of every window) or carry (method variant: it flows on "
-        "like S, across passes and windows)",
+        "like S, across passes and windows); carry-across-windows / carry-between-passes keep only one of "
+        "carry's two paths (ablation)",
     )
     passes_schedule: list[PassesStep] | None = Field(
         None,

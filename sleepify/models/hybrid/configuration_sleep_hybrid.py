@@ -16,7 +16,8 @@ The config records everything needed to rebuild the converted model without the 
   ``"sliding"``) and
   ``wake_passes`` (applications of the looped blocks in one wake forward: 1, or Ouro's ``total_ut_steps``)
   and ``conv_state`` (``"reset"``: the SSM mixers' short-convolution window starts empty in every pass of
-  every window, Algorithm 1; ``"carry"``: the method variant where it flows on like S).
+  every window, Algorithm 1; ``"carry"``: the method variant where it flows on like S;
+  ``"carry-across-windows"`` / ``"carry-between-passes"``: one of carry's two paths only, for ablations).
 
 See ``docs/sleep-semantics.md`` for what these mean at run time.
 """
@@ -34,7 +35,7 @@ __all__ = ["JET_SIZE_KEYS", "SleepHybridConfig"]
 
 JET_SIZE_KEYS = ("num_heads", "head_dim", "expand_v", "conv_size", "generator_reduction", "norm_eps")
 EVICTIONS = ("hard", "sliding")
-CONV_STATES = ("reset", "carry")
+CONV_STATES = ("reset", "carry", "carry-across-windows", "carry-between-passes")
 
 
 @strict
