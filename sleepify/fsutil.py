@@ -90,16 +90,19 @@ def clean_stale_temps(final: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staging(final: Path, need: int | None = None) -> Iterator[Path]:
+def staging(
+    final: Path, need: int | None = None, *, names: Path | None = None, hint: str | None = None
+) -> Iterator[Path]:
     """A fresh temporary sibling of ``final`` to build the output in; removed if the block fails (the
     caller publishes it with :func:`publish_folder` as the block's last step). A full disk inside the
-    block is one line naming ``final`` (and ``need`` bytes, when given)."""
+    block is one line naming ``names`` (default ``final``; e.g. where the output ends up when ``final``
+    itself lies in a folder being built aside), ``need`` bytes when given, and ``hint`` (what to do)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(final)
     tmp = temp_sibling(final)
     tmp.mkdir()
     try:
-        with disk_full_names(final, need, outer=True):
+        with disk_full_names(names or final, need, hint, outer=True):
             yield tmp
     finally:
         if tmp.exists():

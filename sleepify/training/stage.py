@@ -31,12 +31,10 @@ from sleepify.fsutil import (
     RunLock,
     check_free_space,
     clean_stale_temps,
-    disk_full_names,
     publish_folder,
     refuse_inside,
     staging,
     suppress_unless_disk_full,
-    temp_sibling,
     tensor_bytes,
     write_pointer,
 )
@@ -391,18 +389,15 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
         )  # fmt: skip
         weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
         if is_main:
-            tmp = temp_sibling(where / "model")
             hint = "free some space, then run the same command with --resume (the last checkpoint is kept)"
-            try:
-                with disk_full_names(run_dir / "model", size, hint):
-                    model.save_pretrained(tmp, state_dict=weights)
-                    # a model folder may have no tokenizer (built-in char models keep theirs with the data)
-                    with suppress_unless_disk_full(OSError, ValueError, TypeError):
-                        (tokenizer or AutoTokenizer.from_pretrained(model_dir)).save_pretrained(tmp)
-                    plan.resolved.save(tmp, stage=stage, extra=plan.header)
-                    publish_folder(tmp, where / "model")
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            # built in `where` (the run folder, or its --overwrite sibling); a full disk names the final path
+            with staging(where / "model", size, names=run_dir / "model", hint=hint) as tmp:
+                model.save_pretrained(tmp, state_dict=weights)
+                # a model folder may have no tokenizer (built-in char models keep theirs with the data)
+                with suppress_unless_disk_full(OSError, ValueError, TypeError):
+                    (tokenizer or AutoTokenizer.from_pretrained(model_dir)).save_pretrained(tmp)
+                plan.resolved.save(tmp, stage=stage, extra=plan.header)
+                publish_folder(tmp, where / "model")
             if replacing:
                 publish_folder(where, run_dir)
     final = run_dir / "model"
