@@ -46,6 +46,23 @@ FIXTURES = SHARED / "fixtures"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def _triton_version() -> tuple[int, ...]:
+    try:
+        import triton
+    except ImportError:
+        return (0,)
+    return tuple(int(x) for x in triton.__version__.split(".")[:2] if x.isdigit())
+
+
+# fla's kernels fail inside the Triton interpreter of triton 3.5.1 / 3.6.0 (torch 2.9-2.11 pin those):
+# "only 0-dimensional arrays can be converted to Python scalars", autotuner "'function' object has no
+# attribute 'fn'". 3.7.1 and newer pass. On a GPU the kernels are compiled, not interpreted.
+fla_interpreter_ok = pytest.mark.skipif(
+    not torch.cuda.is_available() and _triton_version() < (3, 7),
+    reason="fla's kernels under the Triton interpreter need triton >= 3.7 (3.5.1 and 3.6.0 fail there)",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests whose skip condition names CUDA carry the ``cuda`` marker, so ``pytest -m cuda`` selects every
     test that exercises a GPU path (benchmarks/gpu_check.py runs exactly those on a GPU machine)."""

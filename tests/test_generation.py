@@ -22,7 +22,7 @@ from sleepify.convert import convert
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.generation import SleepCache, SleepDecoder, generate, sample_next
 from sleepify.models.compat import cache_kwargs
-from tests.conftest import requires_cuda
+from tests.conftest import fla_interpreter_ok, requires_cuda
 
 L = 8
 JET = [
@@ -425,6 +425,7 @@ def test_decode_writes_kv_in_place(tiny_run: Path, eviction: str) -> None:
         assert k.data_ptr() == b.key.data_ptr() and k.shape[2] == b.length == capacity
 
 
+@fla_interpreter_ok
 def test_fla_attention_in_the_model(tiny_run: Path) -> None:
     """backend={"attn": "fla"}: fla's parallel_attn (prompt, consolidation) and attn_decoding_one_step (decode
     steps) in the model, against the default path (TRITON_INTERPRET=1 on CPU)."""

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import sleepify  # noqa: F401
-from sleepify.cli.main import cli
+from sleepify.cli.main import cli, main
 from sleepify.errors import SleepifyError
 from tests.helpers import float32_muon, invoke  # noqa: F401  (float32_muon: a fixture)
 
@@ -146,6 +146,33 @@ def test_train_nproc_2_equals_single_process(chain: Path) -> None:
     assert (chain / "ddp" / "model" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("old", [True, False])
+def test_fsdp_with_recompute_on_old_torch_is_one_line(
+    chain: Path, old: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch 2.9 / 2.10 fail inside FSDP2 + activation checkpointing: refused before torchrun starts."""
+    import sleepify.training.parallel as parallel
+    import sleepify.training.stage as stage
+
+    monkeypatch.setattr(parallel, "_torch_version", lambda: (2, 10))
+    launched: list[list[str]] = []
+    monkeypatch.setattr(stage, "launch_torchrun", lambda nproc, args: launched.append(args))
+    out = chain / "fsdp-old"
+    args = ["train", str(chain / "run" / "convert"), "--data", str(chain / "data"), "--steps", "1",
+            "--out", str(out), "--nproc", "2", "train.distributed=fsdp"]  # fmt: skip
+    if not old:  # without the per-window recompute (or with DDP) FSDP works there
+        args.append("sleep.checkpoint_windows=false")
+    if not old:
+        main(args)
+        assert len(launched) == 1
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and not launched and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs torch >= 2.11" in err[0] and "train.distributed=ddp" in err[0]
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("float32_muon")
 def test_train_fsdp_2_ranks_equals_single_process(chain: Path) -> None:
@@ -160,6 +187,10 @@ def test_train_fsdp_2_ranks_equals_single_process(chain: Path) -> None:
         "train.tensorboard=false",
         "train.log_every=1",
     ]
+    from sleepify.training.parallel import FSDP_RECOMPUTE_MIN_TORCH, _torch_version
+
+    if _torch_version() < FSDP_RECOMPUTE_MIN_TORCH:  # refused there (test above): FSDP without recompute
+        common.append("sleep.checkpoint_windows=false")
     invoke(["train", *common, "--out", str(chain / "single3")])
     invoke(["train", *common, "--out", str(chain / "fsdp"), "--nproc", "2", "train.distributed=fsdp"])
 

@@ -75,6 +75,10 @@ def _stage_command(stage: str, doc: str) -> click.Command:
             click.echo(plan.resolved.to_yaml(), nl=False)
             return
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            from sleepify.training.parallel import check_fsdp_supported
+
+            rec = plan.resolved.recipe
+            check_fsdp_supported(rec.train.distributed, rec.sleep.checkpoint_windows)  # once, not per rank
             argv = [stage, *([model] if model else []), *[a for r in recipes for a in ("-r", r)]]
             for flag, value in (("--N", passes), ("--L", window), ("--data", data_path), ("--steps", steps),
                                 ("--out", out)):  # fmt: skip

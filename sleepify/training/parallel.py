@@ -32,7 +32,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 __all__ = [
+    "FSDP_RECOMPUTE_MIN_TORCH",
     "apply_fsdp",
+    "check_fsdp_supported",
     "full_model_state",
     "full_optimizer_state",
     "is_fsdp",
@@ -42,6 +44,32 @@ __all__ = [
     "shard_units",
     "tied_duplicates",
 ]
+
+
+# FSDP2 with activation checkpointing per window: on torch 2.9 and 2.10 a window recomputed in the backward
+# pass calls blocks whose FSDP state is already "pre-backward", so they are not gathered again and the
+# forward fails ("got mixed torch.Tensor and DTensor"). torch 2.11, 2.12, 2.13, 2.14 and 2.15 pass
+# tests/training/test_distributed.py.
+FSDP_RECOMPUTE_MIN_TORCH = (2, 11)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def check_fsdp_supported(distributed: str, checkpoint_windows: bool) -> None:
+    """One line before any work when ``train.distributed=fsdp`` with ``sleep.checkpoint_windows`` needs a
+    newer torch than the one installed."""
+    if distributed != "fsdp" or not checkpoint_windows or _torch_version() >= FSDP_RECOMPUTE_MIN_TORCH:
+        return
+    from sleepify.errors import TrainingError
+
+    need = ".".join(map(str, FSDP_RECOMPUTE_MIN_TORCH))
+    raise TrainingError(
+        f"train.distributed=fsdp with sleep.checkpoint_windows=true needs torch >= {need} (installed: "
+        f"{torch.__version__}): upgrade torch, or set train.distributed=ddp or sleep.checkpoint_windows=false"
+    )
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:

@@ -331,11 +331,13 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     from sleepify.convert import LATEST_POINTER
     from sleepify.model_io import load_model
     from sleepify.training.loop import init_distributed, train
-    from sleepify.training.parallel import full_model_state
+    from sleepify.training.parallel import check_fsdp_supported, full_model_state
     from sleepify.training.passes import PassesSchedule
 
     rec = plan.resolved.recipe
     stage, run_dir, model_dir = plan.stage, plan.run_dir, plan.model_dir
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: before anything is touched
+        check_fsdp_supported(rec.train.distributed, rec.sleep.checkpoint_windows)
     if is_main:
         clean_stale_temps(run_dir)
         clean_stale_temps(run_dir / "model")

@@ -15,6 +15,7 @@ from sleepify.ops.attention import (
     window_attention_torch,
 )
 from sleepify.sleep import WindowContext
+from tests.conftest import fla_interpreter_ok
 
 # (B, Hq, Hkv, D, Tq, kept keys before the window's columns, span, padded?)
 CASES = {
@@ -130,6 +131,7 @@ needs_triton = pytest.mark.skipif(
 
 
 @needs_triton
+@fla_interpreter_ok
 @pytest.mark.parametrize("case", ["prefill", "prefill-span", "decode-span", "padded"])
 def test_fla_matches_reference(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """parallel_attn (prefill, with its backward), attn_decoding_one_step (decode), SDPA fallback (padding);

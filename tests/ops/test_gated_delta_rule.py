@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from sleepify.ops.gated_delta_rule import BACKENDS, gated_delta_rule, l2norm
-from tests.conftest import requires_cuda
+from tests.conftest import fla_interpreter_ok, requires_cuda
 
 NAMES = ("q", "k", "v", "g", "beta", "h0")
 
@@ -277,6 +277,7 @@ def test_fla_backends_refuse_cpu_tensors(monkeypatch):
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")
+@fla_interpreter_ok
 def test_fla_recurrent_under_triton_interpreter():
     pytest.importorskip("fla.ops.gated_delta_rule")
     inputs = [x.detach() for x in make_inputs(B=1, T=12, H=1, HV=2, K=16, V=16)]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sleepify.ops.gated_rmsnorm import gated_rmsnorm
+from tests.conftest import fla_interpreter_ok
 
 FLA_OK = importlib.util.find_spec("fla") is not None and (
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
@@ -72,6 +73,7 @@ def test_gradcheck_float64(activation):
 
 @requires_fla
 @pytest.mark.parametrize("activation", ["silu", "sigmoid"])
+@fla_interpreter_ok
 def test_fla_matches_torch(activation):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     x = torch.randn(2, 3, 16, device=dev, requires_grad=True)
