@@ -91,7 +91,7 @@ class DepoConfig:
             "arrow": self.arrow,
             "edge_sep": self.edge_sep,
             "names": "upper-case letter + optional lower-case letter (1-2 tokens)",
-            "window": 75,
+            "window": self.cycle_tokens // 4,  # the cycle spans four windows (paper: 300 tokens, L = 75)
         }
 
 
