@@ -50,14 +50,19 @@ _fs.publish_folder = _slow_publish
 """
 
 
+def slow_writes_env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment with SLOW_WRITES installed as a ``sitecustomize``."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SLOW_WRITES)
+    return {**ENV, "PYTHONPATH": f"{site}{os.pathsep}{ENV['PYTHONPATH']}"}
+
+
 def test_train_killed_again_and_again_ends_identical(workspace: Path, tmp_path: Path) -> None:
     """The writes are slowed down (a ``sitecustomize`` in the killed processes) so that the kills land
     inside a checkpoint write and a model publish for certain, not by luck of timing."""
     steps = 8
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_WRITES)
-    slow = {**ENV, "PYTHONPATH": f"{site}{os.pathsep}{ENV['PYTHONPATH']}"}
+    slow = slow_writes_env(tmp_path)
 
     def argv(out: Path) -> list[str]:
         return ["train", str(workspace / "runs/tiny/convert"), "--data", str(workspace / "data/rule110"),
@@ -122,11 +127,14 @@ def test_signal_inside_a_stage_names_the_resume_command(
     argv = ["train", str(workspace / "runs/tiny/convert"), "--data", str(workspace / "data/rule110"),
             "--steps", "40", "--N", "1", "--out", str(run), "train.checkpoint_every=2", "train.batch_size=2",
             "train.log_every=1"]  # fmt: skip
-    proc = start(argv, tmp_path)
+    # slowed checkpoint writes (>= 0.4 s each, 20 of them): the signal lands mid-run even when this
+    # process is scheduled late on a busy machine (the tiny run alone can finish 40 steps in a blink)
+    proc = start(argv, tmp_path, slow_writes_env(tmp_path))
     end = time.monotonic() + 300
     while not [p for p in (run / "checkpoints").glob("step-*/meta.json") if p.parent.suffix != ".tmp"]:
         assert proc.poll() is None and time.monotonic() < end, proc.communicate()
         time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the signal"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
