@@ -23,10 +23,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).re
 CLI = [sys.executable, "-m", "sleepify", "-q"]
 
 
+def _default_sigint() -> None:
+    # A child inherits an ignored SIGINT (and Python then installs no KeyboardInterrupt handler): give it
+    # the default, as a shell does for a foreground command, whatever an earlier test did to this process.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(argv: list[str], cwd: Path, env: dict[str, str] = ENV) -> subprocess.Popen:
-    """``sleepify -q ARGV`` in a child process (to be killed)."""
+    """``sleepify -q ARGV`` in a child process (to be killed or signalled)."""
     return subprocess.Popen([*CLI, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=_default_sigint)  # fmt: skip
 
 
 def temps(folder: Path) -> list[Path]:
