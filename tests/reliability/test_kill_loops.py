@@ -135,8 +135,8 @@ def test_signal_inside_a_stage_names_the_resume_command(
         assert proc.poll() is None and time.monotonic() < end, proc.communicate()
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before the signal"
-    status = Path(f"/proc/{proc.pid}/status")
-    ignored = [x for x in status.read_text().splitlines() if x.startswith("SigIgn")] if status.exists() else []
+    status = Path(f"/proc/{proc.pid}/status")  # which signals the child ignores (Linux), for the message
+    ignored = [x for x in status.read_text().splitlines() if x.startswith("SigIgn")] if status.exists() else 0
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, (err, ignored)
