@@ -32,18 +32,7 @@ import sys
 from pathlib import Path
 
 RECIPE = "repro/depo-cpu"
-DATA_ARGS = [
-    "--max-nodes",
-    "12",
-    "--max-k",
-    "8",
-    "--n-queries",
-    "4",
-    "--n-train",
-    "50000",
-    "--n-test",
-    "1000",
-]
+DATA_ARGS = ["--max-nodes", "12", "--max-k", "8", "--n-queries", "4"]  # row counts: --n-train / --n-test
 
 
 def sh(args: list[str], log: Path) -> None:
