@@ -187,9 +187,9 @@ def test_train_fsdp_2_ranks_equals_single_process(chain: Path) -> None:
         "train.tensorboard=false",
         "train.log_every=1",
     ]
-    from sleepify.training.parallel import FSDP_RECOMPUTE_MIN_TORCH, _torch_version
+    from sleepify.training.parallel import fsdp_recompute_supported
 
-    if _torch_version() < FSDP_RECOMPUTE_MIN_TORCH:  # refused there (test above): FSDP without recompute
+    if not fsdp_recompute_supported():  # refused there (test above): FSDP without recompute
         common.append("sleep.checkpoint_windows=false")
     invoke(["train", *common, "--out", str(chain / "single3")])
     invoke(["train", *common, "--out", str(chain / "fsdp"), "--nproc", "2", "train.distributed=fsdp"])

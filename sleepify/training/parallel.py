@@ -35,6 +35,7 @@ __all__ = [
     "FSDP_RECOMPUTE_MIN_TORCH",
     "apply_fsdp",
     "check_fsdp_supported",
+    "fsdp_recompute_supported",
     "full_model_state",
     "full_optimizer_state",
     "is_fsdp",
@@ -58,10 +59,15 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def fsdp_recompute_supported() -> bool:
+    """Whether the installed torch runs FSDP2 with per-window activation checkpointing."""
+    return _torch_version() >= FSDP_RECOMPUTE_MIN_TORCH
+
+
 def check_fsdp_supported(distributed: str, checkpoint_windows: bool) -> None:
     """One line before any work when ``train.distributed=fsdp`` with ``sleep.checkpoint_windows`` needs a
     newer torch than the one installed."""
-    if distributed != "fsdp" or not checkpoint_windows or _torch_version() >= FSDP_RECOMPUTE_MIN_TORCH:
+    if distributed != "fsdp" or not checkpoint_windows or fsdp_recompute_supported():
         return
     from sleepify.errors import TrainingError
 

@@ -25,7 +25,7 @@ import torch.optim._muon as torch_muon
 from sleepify.models.hybrid import SleepHybridConfig, SleepHybridForCausalLM
 from sleepify.models.scratch import SleepScratchForCausalLM, builtin_config
 from sleepify.training.loop import init_distributed, train
-from sleepify.training.parallel import FSDP_RECOMPUTE_MIN_TORCH, _torch_version, shard_units
+from sleepify.training.parallel import fsdp_recompute_supported, shard_units
 from tests.helpers import newton_schulz_fp32
 from tests.training.test_loop import TinyLM, cfg, dataset
 
@@ -103,7 +103,7 @@ def sleep_rows(n: int = 8, lengths: tuple[int, int] = (20, 21)) -> list[dict]:
     return rows
 
 
-RECOMPUTE_OK = _torch_version() >= FSDP_RECOMPUTE_MIN_TORCH  # FSDP2 + activation checkpointing
+RECOMPUTE_OK = fsdp_recompute_supported()  # FSDP2 + activation checkpointing
 
 
 def sleep_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
