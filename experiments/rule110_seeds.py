@@ -16,6 +16,8 @@ pair, the arms in the given order, one process at a time (``OMP_NUM_THREADS=1``)
 is a full N comparison. Finished runs are skipped, so the script can be restarted. After every run it
 rewrites ``OUT/results.jsonl``, ``OUT/results.md`` (per run and the mean / spread per arm) and
 ``OUT/results.png``. ``--summarise-only`` rewrites those from the finished runs without running anything.
+``--steps S`` trains every arm for S steps instead of 500 (the same budget for every N; the curriculum
+switches at S / 2; run names get ``-sS``), ``--n-train`` / ``--n-test`` change the data size.
 
 Usage::
 
@@ -85,28 +87,63 @@ def train_wall(run: Path, data_dir: Path, batch: int = 64) -> float:
     return round(rows[-1]["step"] * batch * length / rows[-1]["tokens_per_s"], 1)
 
 
-def run_name(t: int, init: int, data: int, arm: str, variant: str = "") -> str:
-    return f"t{t}-i{init}-d{data}-N{arm}" + (f"-{variant}" if variant else "")
+STEPS = 500  # the recipe's train.steps; another budget gets "-sSTEPS" in the run names
+ROWS = (
+    50_000,
+    1_000,
+)  # train / test rows of the data; other counts get "-nTRAIN-TEST" in the data folder's name
 
 
-def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path, variant: str = "") -> dict:
-    data_dir = out / f"data-t{t}-d{data}"
+def run_name(t: int, init: int, data: int, arm: str, variant: str = "", steps: int = STEPS) -> str:
+    name = f"t{t}-i{init}-d{data}-N{arm}" + (f"-{variant}" if variant else "")
+    return name + (f"-s{steps}" if steps != STEPS else "")
+
+
+def data_name(t: int, data: int, rows: tuple[int, int] = ROWS) -> str:
+    return f"data-t{t}-d{data}" + (f"-n{rows[0]}-{rows[1]}" if rows != ROWS else "")
+
+
+def budget_overrides(arm: str, steps: int) -> list[str]:
+    """Recipe overrides for a budget of ``steps`` (none for the recipe's own): the curriculum switches from
+    N = 2 to N = 4 half-way, as the shipped curriculum recipe does at 250 of 500 steps."""
+    if steps == STEPS:
+        return []
+    extra = [f"train.steps={steps}", f"train.checkpoint_every={max(1, steps // 2)}"]
+    if arm == "curriculum":
+        extra.append(
+            f"sleep.passes_schedule=[{{step: 0, passes: 2}}, {{step: {max(1, steps // 2)}, passes: 4}}]"
+        )
+    return extra
+
+
+def run_one(
+    out: Path,
+    t: int,
+    init: int,
+    data: int,
+    arm: str,
+    log: Path,
+    variant: str = "",
+    steps: int = STEPS,
+    rows: tuple[int, int] = ROWS,
+) -> dict:
+    data_dir = out / data_name(t, data, rows)
     uses_fla = "fla-init" in variant
     convert_dir = out / (f"convert-i{init}" + ("-fla" if uses_fla else ""))
-    run = out / run_name(t, init, data, arm, variant)
+    run = out / run_name(t, init, data, arm, variant, steps)
     result_file = run / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     if not (data_dir / "meta.json").is_file() and not data_dir.is_dir():
-        sh(sleepify("data", "rule110", "--out", str(data_dir), "--t", str(t), "--n-train", "50000",
-                    "--n-test", "1000", "--seed", str(data), "--quiet"), log)  # fmt: skip
+        sh(sleepify("data", "rule110", "--out", str(data_dir), "--t", str(t), "--n-train", str(rows[0]),
+                    "--n-test", str(rows[1]), "--seed", str(data), "--quiet"), log)  # fmt: skip
     if not (convert_dir / "config.json").is_file():
         sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
                     f"train.seed={init}", *VARIANTS[variant]["convert"]), log)  # fmt: skip
     recipes = ["-r", RECIPE] + (["-r", CURRICULUM] if arm == "curriculum" else ["--N", arm])
     resume = ["--resume", "auto"]
     train = ["train", str(convert_dir), *recipes, "--data", str(data_dir), f"train.seed={data}",
-             *VARIANTS[variant]["train"]]  # fmt: skip
+             *VARIANTS[variant]["train"], *budget_overrides(arm, steps)]  # fmt: skip
     sh(sleepify(*train, "--out", str(run), *resume), log)
     sh(
         sleepify("eval", str(run / "model"), "--data", str(data_dir), "--out", str(run / "eval"), "--quiet"),
@@ -122,13 +159,14 @@ def run_one(out: Path, t: int, init: int, data: int, arm: str, log: Path, varian
         "exact_match": ev["accuracy"],
         "answer_loss": ev["loss"],
         "left_plateau_step": left_plateau(run / "metrics.jsonl"),
+        "steps": steps,
         "train_wall_s": train_wall(run, data_dir),
     }
     result_file.write_text(json.dumps(result) + "\n")
     return result
 
 
-def summarise(out: Path, results: list[dict], arms: list[str]) -> None:
+def summarise(out: Path, results: list[dict], arms: list[str], steps: int = STEPS) -> None:
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     lines = [
         "| t | init seed | data seed | arm | exact match | answer loss | leaves plateau at step "
@@ -162,11 +200,35 @@ def summarise(out: Path, results: list[dict], arms: list[str]) -> None:
                 f"| {t} | {arm} | {len(rs)} | {statistics.mean(em):.3f} ({min(em):.3f}-{max(em):.3f}) | "
                 f"{statistics.mean(lo):.3f} ({min(lo):.3f}-{max(lo):.3f}) | {left}/{len(rs)} |"
             )
+    lines += ["", *pair_table(results, arms)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot(out / "results.png", [r for r in results if r.get("variant", "default") == "default"], arms)
+    plot(out / "results.png", [r for r in results if r.get("variant", "default") == "default"], arms, steps)
 
 
-def plot(path: Path, results: list[dict], arms: list[str]) -> None:
+def pair_table(results: list[dict], arms: list[str]) -> list[str]:
+    """One row per (t, init seed, data seed), one column per arm: "exact match / answer loss (step the run
+    left the plateau)", the layout of docs/results.md (method variants left out)."""
+    default = [r for r in results if r.get("variant", "default") == "default"]
+    names = [f"N = {a}" if a != "curriculum" else "N = 2 -> 4 curriculum" for a in arms]
+    lines = [
+        "| t | init seed | data seed | " + " | ".join(names) + " |",
+        "|---:|---:|---:|" + "---|" * len(arms),
+    ]
+    for t, init, data in sorted({(r["t"], r["init_seed"], r["data_seed"]) for r in default}):
+        by_arm = {r["arm"]: r for r in default if (r["t"], r["init_seed"], r["data_seed"]) == (t, init, data)}
+        cells = []
+        for arm in arms:
+            r = by_arm.get(arm)
+            if r is None:
+                cells.append("not run")
+                continue
+            step = r["left_plateau_step"] if r["left_plateau_step"] is not None else "**never**"
+            cells.append(f"{r['exact_match']:.3f} / {r['answer_loss']:.3f} ({step})")
+        lines.append(f"| {t} | {init} | {data} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(path: Path, results: list[dict], arms: list[str], steps: int = STEPS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,7 +246,7 @@ def plot(path: Path, results: list[dict], arms: list[str]) -> None:
     ax.set_ylabel("exact match (1,000 test rows)")
     ax.set_ylim(0, 1.02)
     ts = ", ".join(str(t) for t in sorted({r["t"] for r in results}))
-    ax.set_title(f"Rule 110, t = {ts}, L = 24, hard eviction, 500 steps x 64 rows")
+    ax.set_title(f"Rule 110, t = {ts}, L = 24, hard eviction, {steps} steps x 64 rows")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -201,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variant", default="", choices=list(VARIANTS), help="method variant (ablation); default none"
     )
+    p.add_argument("--steps", type=int, default=STEPS, help=f"train.steps for every arm (default {STEPS})")
+    p.add_argument("--n-train", type=int, default=ROWS[0], help="training rows of each data seed")
+    p.add_argument("--n-test", type=int, default=ROWS[1], help="test rows of each data seed")
     p.add_argument("--summarise-only", action="store_true", help="tables and plot of the finished runs only")
     args = p.parse_args(argv)
+    rows = (args.n_train, args.n_test)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "commands.log"
     results: list[dict] = []
@@ -210,19 +276,19 @@ def main(argv: list[str] | None = None) -> int:
         init, data = (int(x) for x in pair.split(":"))
         for arm in args.arms:
             if args.summarise_only:
-                run = args.out / run_name(args.t, init, data, arm, args.variant)
+                run = args.out / run_name(args.t, init, data, arm, args.variant, args.steps)
                 if not (run / "result.json").is_file():
                     continue
                 r = json.loads((run / "result.json").read_text())
                 if (run / "metrics.jsonl").is_file():  # else the recorded value (a copied result)
-                    r["train_wall_s"] = train_wall(run, args.out / f"data-t{args.t}-d{data}")
+                    r["train_wall_s"] = train_wall(run, args.out / data_name(args.t, data, rows))
                 results.append(r)
                 continue
-            results.append(run_one(args.out, args.t, init, data, arm, log, args.variant))
-            summarise(args.out, results, args.arms)
+            results.append(run_one(args.out, args.t, init, data, arm, log, args.variant, args.steps, rows))
+            summarise(args.out, results, args.arms, args.steps)
             print(json.dumps(results[-1]), flush=True)
     if args.summarise_only and results:
-        summarise(args.out, results, args.arms)
+        summarise(args.out, results, args.arms, args.steps)
     return 0
 
 

@@ -40,3 +40,30 @@ def test_depo_cpu_scores_every_checkpoint_per_k_and_restarts(tmp_path: Path) -> 
     assert (out / "N1" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
     stored = (out / "N2" / "recipe.yaml").read_text()
     assert "window: 12" in stored and "passes: 2" in stored
+
+
+def test_rule110_seeds_runs_each_arm_on_a_smaller_budget_and_restarts(tmp_path: Path) -> None:
+    seeds = load("rule110_seeds")
+    out = tmp_path / "seeds"
+    args = ["--out", str(out), "--t", "2", "--pairs", "0:1", "--arms", "1", "curriculum", "--steps", "2",
+            "--n-train", "64", "--n-test", "16"]  # fmt: skip
+    assert seeds.main(args) == 0
+    runs = {r["arm"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert set(runs) == {"1", "curriculum"}
+    for arm, r in runs.items():
+        assert (r["t"], r["init_seed"], r["data_seed"], r["steps"]) == (2, 0, 1, 2)
+        assert 0 <= r["exact_match"] <= 1 and r["answer_loss"] > 0
+        run = out / f"t2-i0-d1-N{arm}-s2"  # another budget than the recipe's is named by its steps
+        assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()][
+            -1
+        ] == 2
+    # the curriculum switches from N = 2 to N = 4 half-way through the budget, like the shipped recipe
+    stored = (out / "t2-i0-d1-Ncurriculum-s2" / "recipe.yaml").read_text()
+    assert "passes: 4" in stored and "step: 1" in stored
+    assert (out / "data-t2-d1-n64-16" / "meta.json").is_file()
+    table = (out / "results.md").read_text()
+    assert "| 2 | 0 | 1 | " in table and "N = 2 -> 4 curriculum" in table
+    # a restart retrains nothing
+    mtime = (out / "t2-i0-d1-N1-s2" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert seeds.main(args) == 0
+    assert (out / "t2-i0-d1-N1-s2" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
