@@ -88,10 +88,8 @@ def train_wall(run: Path, data_dir: Path, batch: int = 64) -> float:
 
 
 STEPS = 500  # the recipe's train.steps; another budget gets "-sSTEPS" in the run names
-ROWS = (
-    50_000,
-    1_000,
-)  # train / test rows of the data; other counts get "-nTRAIN-TEST" in the data folder's name
+# train / test rows of the data; other counts get "-nTRAIN-TEST" in the data folder's name
+ROWS = (50_000, 1_000)
 
 
 def run_name(t: int, init: int, data: int, arm: str, variant: str = "", steps: int = STEPS) -> str:
@@ -108,11 +106,10 @@ def budget_overrides(arm: str, steps: int) -> list[str]:
     N = 2 to N = 4 half-way, as the shipped curriculum recipe does at 250 of 500 steps."""
     if steps == STEPS:
         return []
-    extra = [f"train.steps={steps}", f"train.checkpoint_every={max(1, steps // 2)}"]
+    half = max(1, steps // 2)
+    extra = [f"train.steps={steps}", f"train.checkpoint_every={half}"]
     if arm == "curriculum":
-        extra.append(
-            f"sleep.passes_schedule=[{{step: 0, passes: 2}}, {{step: {max(1, steps // 2)}, passes: 4}}]"
-        )
+        extra.append(f"sleep.passes_schedule=[{{step: 0, passes: 2}}, {{step: {half}, passes: 4}}]")
     return extra
 
 
@@ -167,6 +164,7 @@ def run_one(
 
 
 def summarise(out: Path, results: list[dict], arms: list[str], steps: int = STEPS) -> None:
+    default = [r for r in results if r.get("variant", "default") == "default"]  # the method as written
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     lines = [
         "| t | init seed | data seed | arm | exact match | answer loss | leaves plateau at step "
@@ -186,11 +184,7 @@ def summarise(out: Path, results: list[dict], arms: list[str], steps: int = STEP
     ]
     for t in sorted({r["t"] for r in results}):
         for arm in arms:
-            rs = [
-                r
-                for r in results
-                if r["t"] == t and r["arm"] == arm and r.get("variant", "default") == "default"
-            ]
+            rs = [r for r in default if r["t"] == t and r["arm"] == arm]
             if not rs:
                 continue
             em = [r["exact_match"] for r in rs]
@@ -200,15 +194,14 @@ def summarise(out: Path, results: list[dict], arms: list[str], steps: int = STEP
                 f"| {t} | {arm} | {len(rs)} | {statistics.mean(em):.3f} ({min(em):.3f}-{max(em):.3f}) | "
                 f"{statistics.mean(lo):.3f} ({min(lo):.3f}-{max(lo):.3f}) | {left}/{len(rs)} |"
             )
-    lines += ["", *pair_table(results, arms)]
+    lines += ["", *pair_table(default, arms)]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot(out / "results.png", [r for r in results if r.get("variant", "default") == "default"], arms, steps)
+    plot(out / "results.png", default, arms, steps)
 
 
-def pair_table(results: list[dict], arms: list[str]) -> list[str]:
+def pair_table(default: list[dict], arms: list[str]) -> list[str]:
     """One row per (t, init seed, data seed), one column per arm: "exact match / answer loss (step the run
-    left the plateau)", the layout of docs/results.md (method variants left out)."""
-    default = [r for r in results if r.get("variant", "default") == "default"]
+    left the plateau)", the layout of docs/results.md; ``default``: the runs without a method variant."""
     names = [f"N = {a}" if a != "curriculum" else "N = 2 -> 4 curriculum" for a in arms]
     lines = [
         "| t | init seed | data seed | " + " | ".join(names) + " |",

@@ -54,9 +54,8 @@ def test_rule110_seeds_runs_each_arm_on_a_smaller_budget_and_restarts(tmp_path: 
         assert (r["t"], r["init_seed"], r["data_seed"], r["steps"]) == (2, 0, 1, 2)
         assert 0 <= r["exact_match"] <= 1 and r["answer_loss"] > 0
         run = out / f"t2-i0-d1-N{arm}-s2"  # another budget than the recipe's is named by its steps
-        assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()][
-            -1
-        ] == 2
+        logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert logged[-1] == 2
     # the curriculum switches from N = 2 to N = 4 half-way through the budget, like the shipped recipe
     stored = (out / "t2-i0-d1-Ncurriculum-s2" / "recipe.yaml").read_text()
     assert "passes: 4" in stored and "step: 1" in stored
