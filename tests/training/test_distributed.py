@@ -9,6 +9,7 @@ sharded run resumes both sharded and on one process to the uninterrupted result.
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
 import shutil
@@ -43,11 +44,13 @@ def _spawn(fn: Callable, out_dir: Path) -> None:
 def _rank_main(rank: int, world: int, port: int, fn: Callable, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
+    faulthandler.enable()  # a rank that aborts in C++ prints where it was (the CI log keeps stderr)
     init_distributed()
-    try:
-        fn(rank, Path(out_dir))
-    finally:
-        dist.destroy_process_group()
+    fn(rank, Path(out_dir))
+    # leave together, as `sleepify train` does: a rank closing the process group while rank 0 still
+    # writes fsdp.pt aborted in gloo's teardown ("terminate called without an active exception")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------------------- DDP
