@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 PLATEAU = 0.67  # a run has left the plateau at the first logged step from which the loss stays below this
+SOLVED = 0.1  # ... and has solved the task from the first logged step its loss stays below this (~99 % exact)
 RECIPE = "repro/rule110-cpu"
 CURRICULUM = "repro/rule110-cpu-curriculum"
 # Method variants for the ablation of the issue-14 defaults (run names get "-VARIANT"): the old forget-gate
@@ -67,11 +68,12 @@ def sleepify(*args: str) -> list[str]:
     return [sys.executable, "-m", "sleepify", *args]
 
 
-def left_plateau(metrics: Path) -> int | None:
+def stays_below(metrics: Path, threshold: float) -> int | None:
+    """The first logged step from which the training loss stays below ``threshold`` (None: never)."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]
     for i, r in enumerate(rows):
-        if all(x["loss"] < PLATEAU for x in rows[i:]):
+        if all(x["loss"] < threshold for x in rows[i:]):
             return int(r["step"])
     return None
 
@@ -155,7 +157,8 @@ def run_one(
         "variant": variant or "default",
         "exact_match": ev["accuracy"],
         "answer_loss": ev["loss"],
-        "left_plateau_step": left_plateau(run / "metrics.jsonl"),
+        "left_plateau_step": stays_below(run / "metrics.jsonl", PLATEAU),
+        "solved_step": stays_below(run / "metrics.jsonl", SOLVED),
         "steps": steps,
         "train_wall_s": train_wall(run, data_dir),
     }
@@ -168,14 +171,16 @@ def summarise(out: Path, results: list[dict], arms: list[str], steps: int = STEP
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     lines = [
         "| t | init seed | data seed | arm | exact match | answer loss | leaves plateau at step "
-        "| variant | train wall s |",
-        "|---:|---:|---:|---|---:|---:|---:|---|---:|",
+        "| solved at step | variant | train wall s |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         step = r["left_plateau_step"] if r["left_plateau_step"] is not None else "never"
+        solved = r.get("solved_step") if r.get("solved_step") is not None else "never"
         lines.append(
             f"| {r['t']} | {r['init_seed']} | {r['data_seed']} | {r['arm']} | {r['exact_match']:.3f} | "
-            f"{r['answer_loss']:.3f} | {step} | {r.get('variant', 'default')} | {r['train_wall_s']:.0f} |"
+            f"{r['answer_loss']:.3f} | {step} | {solved} | {r.get('variant', 'default')} | "
+            f"{r['train_wall_s']:.0f} |"
         )
     lines += [
         "",
@@ -201,7 +206,8 @@ def summarise(out: Path, results: list[dict], arms: list[str], steps: int = STEP
 
 def pair_table(default: list[dict], arms: list[str]) -> list[str]:
     """One row per (t, init seed, data seed), one column per arm: "exact match / answer loss (step the run
-    left the plateau)", the layout of docs/results.md; ``default``: the runs without a method variant."""
+    left the plateau; the step it solved the task, if it did)", the layout of docs/results.md; ``default``:
+    the runs without a method variant."""
     names = [f"N = {a}" if a != "curriculum" else "N = 2 -> 4 curriculum" for a in arms]
     lines = [
         "| t | init seed | data seed | " + " | ".join(names) + " |",
@@ -216,6 +222,8 @@ def pair_table(default: list[dict], arms: list[str]) -> list[str]:
                 cells.append("not run")
                 continue
             step = r["left_plateau_step"] if r["left_plateau_step"] is not None else "**never**"
+            if r.get("solved_step") is not None:
+                step = f"{step}; solved {r['solved_step']}"
             cells.append(f"{r['exact_match']:.3f} / {r['answer_loss']:.3f} ({step})")
         lines.append(f"| {t} | {init} | {data} | " + " | ".join(cells) + " |")
     return lines
@@ -273,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not (run / "result.json").is_file():
                     continue
                 r = json.loads((run / "result.json").read_text())
-                if (run / "metrics.jsonl").is_file():  # else the recorded value (a copied result)
+                if (run / "metrics.jsonl").is_file():  # else the recorded values (a copied result)
                     r["train_wall_s"] = train_wall(run, args.out / data_name(args.t, data, rows))
+                    r["solved_step"] = stays_below(run / "metrics.jsonl", SOLVED)  # older runs lack it
                 results.append(r)
                 continue
             results.append(run_one(args.out, args.t, init, data, arm, log, args.variant, args.steps, rows))

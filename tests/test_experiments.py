@@ -66,3 +66,14 @@ def test_rule110_seeds_runs_each_arm_on_a_smaller_budget_and_restarts(tmp_path: 
     mtime = (out / "t2-i0-d1-N1-s2" / "model" / "model.safetensors").stat().st_mtime_ns
     assert seeds.main(args) == 0
     assert (out / "t2-i0-d1-N1-s2" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_rule110_seeds_reads_plateau_exit_and_solve_steps_from_the_training_log(tmp_path: Path) -> None:
+    seeds = load("rule110_seeds")
+    metrics = tmp_path / "metrics.jsonl"
+    losses = [0.70, 0.66, 0.69, 0.60, 0.09, 0.2, 0.05, 0.04]  # dips back above each threshold once
+    lines = [json.dumps({"step": 25 * (i + 1), "loss": x}) for i, x in enumerate(losses)]
+    metrics.write_text("\n".join([*lines, json.dumps({"step": 200, "eval": 1})]) + "\n")
+    assert seeds.stays_below(metrics, seeds.PLATEAU) == 100  # 0.66 at step 50 is followed by 0.69
+    assert seeds.stays_below(metrics, seeds.SOLVED) == 175
+    assert seeds.stays_below(metrics, 0.01) is None
