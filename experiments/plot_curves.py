@@ -1,6 +1,6 @@
 """Training-loss curves of several runs (one per N) from their metrics.jsonl, as in the paper's Fig. 2b.
 
-Usage: python experiments/plot_curves.py OUT.png RUN[=LABEL] [RUN[=LABEL] ...]
+Usage: python experiments/plot_curves.py OUT.png RUN[=LABEL] [RUN[=LABEL] ...] [--title TEXT]
 
 Each curve is labelled N=<passes> from the run's recipe.yaml; an optional =LABEL after a run folder replaces
 that label (to tell apart runs with the same N, e.g. different steps or learning rates).
@@ -8,8 +8,8 @@ that label (to tell apart runs with the same N, e.g. different steps or learning
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,9 +17,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+TITLE = "Rule 110, t = 2, L = 24, hard eviction (CPU scale)"
 
-def main(out: str, runs: list[str]) -> None:
+
+def main(out: str, runs: list[str], title: str = TITLE) -> list[str]:
+    """Draw the curves into ``out``; returns their labels."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    labels = []
     for arg in runs:
         run, _, label = arg.partition("=")
         rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
@@ -29,15 +33,23 @@ def main(out: str, runs: list[str]) -> None:
         )
         label = label or f"N={passes}"
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", label=label)
+        labels.append(label)
     ax.axhline(0.6931, color="grey", linestyle="--", linewidth=0.8, label="chance (ln 2)")
     ax.set_xlabel("optimizer step (64 rows each, same data order for every N)")
     ax.set_ylabel("answer-token loss (nats)")
-    ax.set_title("Rule 110, t = 2, L = 24, hard eviction (CPU scale)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return labels
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out")
+    p.add_argument("runs", nargs="+", metavar="RUN[=LABEL]")
+    p.add_argument("--title", default=TITLE)
+    args = p.parse_args()
+    main(args.out, args.runs, args.title)

@@ -77,3 +77,19 @@ def test_rule110_seeds_reads_plateau_exit_and_solve_steps_from_the_training_log(
     assert seeds.stays_below(metrics, seeds.PLATEAU) == 100  # 0.66 at step 50 is followed by 0.69
     assert seeds.stays_below(metrics, seeds.SOLVED) == 175
     assert seeds.stays_below(metrics, 0.01) is None
+
+
+def test_plot_curves_draws_one_curve_per_run_with_its_passes_or_label(tmp_path: Path) -> None:
+    plot_curves = load("plot_curves")
+    runs = []
+    for passes in (1, 2):
+        run = tmp_path / f"N{passes}"
+        run.mkdir()
+        (run / "recipe.yaml").write_text(f"sleep:\n  window: 24\n  passes: {passes}\n")
+        rows = [json.dumps({"step": step, "loss": 0.7 / step}) for step in (1, 2)]
+        (run / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+        runs.append(str(run))
+    out = tmp_path / "curves.png"
+    labels = plot_curves.main(str(out), [runs[0], runs[1] + "=N=2, 3000 steps"], title="Rule 110, t = 4")
+    assert labels == ["N=1", "N=2, 3000 steps"]  # the passes from recipe.yaml, or the label given
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
