@@ -155,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (convert_dir / "config.json").is_file():
             sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
                         f"train.seed={args.init_seed}", "--overwrite"), log)  # fmt: skip
-        steps = (
+        steps = (  # a checkpoint every sixth of the budget, rounded up: none lands just before the last step
             []
             if args.steps is None
-            else [f"train.steps={args.steps}", f"train.checkpoint_every={max(1, args.steps // 6)}"]
+            else [f"train.steps={args.steps}", f"train.checkpoint_every={-(-args.steps // 6)}"]
         )
         for n in args.arms:
             run = out / f"N{n}"
