@@ -346,3 +346,10 @@ def init_distributed() -> bool:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True
+
+
+def close_distributed() -> None:
+    """Every rank leaves together and closes the process group: a rank exiting with it open while rank 0
+    still writes can abort in gloo's teardown ("terminate called without an active exception")."""
+    dist.barrier()
+    dist.destroy_process_group()

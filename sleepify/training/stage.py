@@ -330,7 +330,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
 
     from sleepify.convert import LATEST_POINTER
     from sleepify.model_io import load_model
-    from sleepify.training.loop import init_distributed, train
+    from sleepify.training.loop import close_distributed, init_distributed, train
     from sleepify.training.parallel import check_fsdp_supported, full_model_state
     from sleepify.training.passes import PassesSchedule
 
@@ -406,12 +406,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     if is_main:
         write_pointer(plan.runs_root / LATEST_POINTER, final)
     if distributed:
-        # every rank leaves together and closes the process group: a rank exiting with it open while
-        # rank 0 still writes can abort in gloo's teardown ("terminate called without an active exception")
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
+        close_distributed()
     return final
 
 

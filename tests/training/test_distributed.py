@@ -25,7 +25,7 @@ import torch.optim._muon as torch_muon
 
 from sleepify.models.hybrid import SleepHybridConfig, SleepHybridForCausalLM
 from sleepify.models.scratch import SleepScratchForCausalLM, builtin_config
-from sleepify.training.loop import init_distributed, train
+from sleepify.training.loop import close_distributed, init_distributed, train
 from sleepify.training.parallel import fsdp_recompute_supported, shard_units
 from tests.helpers import newton_schulz_fp32
 from tests.training.test_loop import TinyLM, cfg, dataset
@@ -47,10 +47,9 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable, out_dir: str) -> 
     faulthandler.enable()  # a rank that aborts in C++ prints where it was (the CI log keeps stderr)
     init_distributed()
     fn(rank, Path(out_dir))
-    # leave together, as `sleepify train` does: a rank closing the process group while rank 0 still
-    # writes fsdp.pt aborted in gloo's teardown ("terminate called without an active exception")
-    dist.barrier()
-    dist.destroy_process_group()
+    # as `sleepify train` does. Once in CI (and ~1 in 30 runs here) rank 1 aborted at the end of this test
+    # when each rank closed the group on its own; the cause is not proven (faulthandler above will show it)
+    close_distributed()
 
 
 # ------------------------------------------------------------------------------------------------------- DDP
