@@ -15,7 +15,8 @@ then the converted model (step 0), every kept checkpoint and the final model are
 ``sleepify.evaluation.evaluate`` that ``sleepify eval`` uses: answer-token loss and exact match per k.
 Writes ``OUT/curves.jsonl`` (one row per N, step and k), ``OUT/curves.md`` and ``OUT/curves.png``
 (one panel per k, a line per N). Finished runs are not retrained (``--resume auto``) and scored steps are
-kept, so the script can be restarted.
+kept, so the script can be restarted. ``--score-only`` trains nothing and scores what each arm has so far:
+a run that was stopped (or is still training) up to its last checkpoint.
 
 Usage::
 
@@ -54,13 +55,18 @@ def weight_files(convert_dir: Path, run: Path) -> dict[int, Path]:
     files = {0: convert_dir / "model.safetensors"}
     for ckpt in checkpoint_dirs(run):
         files[int(json.loads((ckpt / "meta.json").read_text())["step"])] = ckpt / "model.safetensors"
-    steps = max(int(json.loads(line)["step"]) for line in (run / "metrics.jsonl").read_text().splitlines())
-    files.setdefault(steps, run / "model" / "model.safetensors")
+    final = run / "model" / "model.safetensors"
+    if final.is_file():  # an unfinished run (stopped, or still training) is scored up to its last checkpoint
+        logged = (run / "metrics.jsonl").read_text().splitlines()
+        files.setdefault(max(int(json.loads(line)["step"]) for line in logged), final)
     return dict(sorted(files.items()))
 
 
-def score(run: Path, files: dict[int, Path], data_dir: Path, n_eval: int, done: set[int]) -> list[dict]:
-    """Loss and exact match per k of the run's model (its N) with each step's weights."""
+def score(
+    passes: int, files: dict[int, Path], convert_dir: Path, data_dir: Path, n_eval: int, done: set[int]
+) -> list[dict]:
+    """Loss and exact match per k of the run's model with each step's weights, evaluated with N = ``passes``
+    (the converted model's architecture: training changes the weights and N, nothing else)."""
     import torch
     from safetensors.torch import load_file
 
@@ -68,8 +74,8 @@ def score(run: Path, files: dict[int, Path], data_dir: Path, n_eval: int, done: 
     from sleepify.model_io import load_model
 
     test, _ = load_eval_data(data_dir)
-    model = load_model(run / "model", torch.float32)
-    passes = int(model.config.sleep_passes)
+    model = load_model(convert_dir, torch.float32)
+    model.config.sleep_passes = passes
     rows = []
     for step, path in files.items():
         if step in done:
@@ -140,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=1_000)
     p.add_argument("--n-eval", type=int, default=500, help="test rows scored per step")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from curves.jsonl")
+    p.add_argument(
+        "--score-only",
+        action="store_true",
+        help="train nothing; score what every arm has so far (an unfinished run: up to its last checkpoint)",
+    )
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -162,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n in args.arms:
             run = out / f"N{n}"
-            if not (run / "model" / "config.json").is_file():
+            if not args.score_only and not (run / "model" / "config.json").is_file():
                 sh(sleepify("train", str(convert_dir), "-r", RECIPE, "--N", str(n), "--data", str(data_dir),
                             f"train.seed={args.data_seed}", *steps, "--out", str(run), "--resume", "auto"),
                    log)  # fmt: skip
+            if not run.is_dir():
+                continue
             done = {r["step"] for r in rows if r["N"] == n}
-            rows += score(run, weight_files(convert_dir, run), data_dir, args.n_eval, done)
+            rows += score(n, weight_files(convert_dir, run), convert_dir, data_dir, args.n_eval, done)
             write_report(out, rows)
     if rows:
         write_report(out, rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,19 @@ def test_depo_cpu_scores_every_checkpoint_per_k_and_restarts(tmp_path: Path) -> 
     assert (out / "N1" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
     stored = (out / "N2" / "recipe.yaml").read_text()
     assert "window: 12" in stored and "passes: 2" in stored
+
+    # --score-only trains nothing and scores an unfinished run (no model/ yet) up to its last checkpoint,
+    # with the run's N: the same numbers as when it was scored finished
+    shutil.rmtree(out / "N2" / "model")
+    (out / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["N"] == 1))
+    assert depo.main([*args, "--score-only"]) == 0
+    assert not (out / "N2" / "model").exists()
+    partial = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+    metas = (out / "N2" / "checkpoints").glob("*/meta.json")
+    kept = {int(json.loads(m.read_text())["step"]) for m in metas}
+    assert {r["step"] for r in partial if r["N"] == 2} == {0, *kept}
+    earlier = {(r["step"], r["k"]): r["loss"] for r in rows if r["N"] == 2}
+    assert all(r["loss"] == earlier[(r["step"], r["k"])] for r in partial if r["N"] == 2)
 
 
 def test_rule110_seeds_runs_each_arm_on_a_smaller_budget_and_restarts(tmp_path: Path) -> None:
