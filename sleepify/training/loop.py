@@ -349,7 +349,8 @@ def init_distributed() -> bool:
 
 
 def close_distributed() -> None:
-    """Every rank leaves together and closes the process group: a rank exiting with it open while rank 0
-    still writes can abort in gloo's teardown ("terminate called without an active exception")."""
+    """Every rank waits for the others, then closes the process group, so no rank tears gloo down while
+    another still works in it (a rank once aborted there in CI: "terminate called without an active
+    exception"; the cause is not proven)."""
     dist.barrier()
     dist.destroy_process_group()
