@@ -50,16 +50,15 @@ def show(names: tuple[str, ...], overrides: tuple[str, ...]) -> None:
 
 
 @recipes.command("validate")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def validate_cmd(files: tuple[Path, ...]) -> None:
-    """Validate recipe files; exit code 2 on the first that does not validate."""
+@click.argument("refs", nargs=-1, required=True, metavar="NAME|FILE...")
+def validate_cmd(refs: tuple[str, ...]) -> None:
+    """Validate recipes (files or shipped names, as -r takes them); exit code 2 on the first that does not
+    validate."""
     from sleepify.config import load_recipe
 
-    for file in files:
-        if not file.is_file():
-            raise RecipeError(f"{file}: no such file")
-        load_recipe(str(file))
-        click.echo(f"{file}: ok")
+    for ref in refs:
+        load_recipe(ref)
+        click.echo(f"{ref}: ok")
 
 
 @recipes.command("reference")

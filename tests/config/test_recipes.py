@@ -125,8 +125,9 @@ def test_cli_recipes_list_show_validate(tmp_path: Path) -> None:
     shown = yaml.safe_load(out.output)
     assert shown["conversion"]["loop"] == {"start": 9, "end": 27} and shown["sleep"]["passes"] == 6
     good = write(tmp_path, "good.yaml", "sleep: {passes: 2}\n")
-    out = runner.invoke(cli, ["recipes", "validate", str(good)])
-    assert out.exit_code == 0 and "ok" in out.output
+    out = runner.invoke(cli, ["recipes", "validate", str(good), "repro/rule110-cpu-curriculum"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines() == [f"{good}: ok", "repro/rule110-cpu-curriculum: ok"]  # files and names
 
 
 def test_cli_invalid_recipe_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,6 +137,12 @@ def test_cli_invalid_recipe_exits_2_with_one_line(tmp_path: Path, capsys: pytest
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: bad.yaml: unknown key 'sleep.windw' (did you mean 'sleep.window'?)"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recipes", "validate", "repro/rule110-cpu-curiculum"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no shipped recipe of that name" in err[0]
+    assert "did you mean 'repro/rule110-cpu-curriculum'" in err[0]
 
 
 def test_recipe_reference_doc_is_current() -> None:
