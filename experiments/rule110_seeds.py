@@ -2,12 +2,13 @@
 
 For every (initialisation seed, data seed) pair and every arm (N = 1, 2, 4 and the N = 2 -> 4 curriculum),
 one run of the shipped CPU recipe (``recipes/repro/rule110-cpu.yaml``: d = 64, L = 24, hard eviction,
-500 steps of 64 rows; the curriculum arm adds ``recipes/repro/rule110-cpu-curriculum.yaml``):
+batches of 64 rows; the curriculum arm adds ``recipes/repro/rule110-cpu-curriculum.yaml``) for a budget
+of ``--steps`` (default 500, the budget of the first grid in docs/results.md; the recipe's own is 1000):
 
     sleepify data rule110 --out OUT/data-tT-dD --t T --n-train 50000 --n-test 1000 --seed D
     sleepify convert builtin:gdn-hybrid-4-small --out OUT/convert-iI -r repro/rule110-cpu train.seed=I
     sleepify train OUT/convert-iI -r repro/rule110-cpu --N N --data OUT/data-tT-dD train.seed=D \\
-        --out OUT/tT-iI-dD-N<N>
+        train.steps=S train.checkpoint_every=S/2 --out OUT/tT-iI-dD-N<N>[-sS]
     sleepify eval OUT/tT-iI-dD-N<N>/model --data OUT/data-tT-dD --out OUT/tT-iI-dD-N<N>/eval
 
 So the initial weights depend on the init seed only (the same for every N and data seed) and the data and
@@ -16,8 +17,8 @@ pair, the arms in the given order, one process at a time (``OMP_NUM_THREADS=1``)
 is a full N comparison. Finished runs are skipped, so the script can be restarted. After every run it
 rewrites ``OUT/results.jsonl``, ``OUT/results.md`` (per run and the mean / spread per arm) and
 ``OUT/results.png``. ``--summarise-only`` rewrites those from the finished runs without running anything.
-``--steps S`` trains every arm for S steps instead of 500 (the same budget for every N; the curriculum
-switches at S / 2; run names get ``-sS``), ``--n-train`` / ``--n-test`` change the data size.
+``--steps S`` trains every arm for S steps (the same budget for every N; the curriculum switches at S / 2;
+run names of budgets other than 500 get ``-sS``), ``--n-train`` / ``--n-test`` change the data size.
 
 Usage::
 
@@ -89,7 +90,7 @@ def train_wall(run: Path, data_dir: Path, batch: int = 64) -> float:
     return round(rows[-1]["step"] * batch * length / rows[-1]["tokens_per_s"], 1)
 
 
-STEPS = 500  # the recipe's train.steps; another budget gets "-sSTEPS" in the run names
+STEPS = 500  # the first grid's budget (and the default): runs of another budget get "-sSTEPS" in their names
 # train / test rows of the data; other counts get "-nTRAIN-TEST" in the data folder's name
 ROWS = (50_000, 1_000)
 
@@ -104,10 +105,9 @@ def data_name(t: int, data: int, rows: tuple[int, int] = ROWS) -> str:
 
 
 def budget_overrides(arm: str, steps: int) -> list[str]:
-    """Recipe overrides for a budget of ``steps`` (none for the recipe's own): the curriculum switches from
-    N = 2 to N = 4 half-way, as the shipped curriculum recipe does at 250 of 500 steps."""
-    if steps == STEPS:
-        return []
+    """Recipe overrides for a budget of ``steps``, always explicit (the recipes' own budgets differ: 1000
+    steps for N = 1, 2, 4, 500 for the curriculum): the curriculum switches from N = 2 to N = 4 half-way,
+    as the shipped curriculum recipe does at 250 of its 500 steps."""
     half = max(1, steps // 2)
     extra = [f"train.steps={steps}", f"train.checkpoint_every={half}"]
     if arm == "curriculum":

@@ -82,6 +82,21 @@ def test_rule110_seeds_runs_each_arm_on_a_smaller_budget_and_restarts(tmp_path: 
     assert (out / "t2-i0-d1-N1-s2" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
 
 
+def test_rule110_seeds_runs_are_the_shipped_recipes_at_their_own_budgets() -> None:
+    """docs/results.md reads the script's runs as runs of the shipped recipes: at the recipes' own budgets
+    (1000 steps for --N, 500 for the curriculum) the script's overrides change nothing."""
+    from sleepify.config import load_recipe
+
+    seeds = load("rule110_seeds")
+    plain = ["repro/rule110-cpu"]
+    shipped = load_recipe(plain).recipe
+    assert load_recipe(plain, seeds.budget_overrides("4", shipped.train.steps)).recipe == shipped
+    curriculum = ["repro/rule110-cpu", "repro/rule110-cpu-curriculum"]
+    shipped = load_recipe(curriculum).recipe
+    overrides = seeds.budget_overrides("curriculum", shipped.train.steps)
+    assert load_recipe(curriculum, overrides).recipe == shipped
+
+
 def test_rule110_seeds_reads_plateau_exit_and_solve_steps_from_the_training_log(tmp_path: Path) -> None:
     seeds = load("rule110_seeds")
     metrics = tmp_path / "metrics.jsonl"
