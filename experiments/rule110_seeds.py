@@ -29,12 +29,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 PLATEAU = 0.67  # a run has left the plateau at the first logged step from which the loss stays below this
@@ -90,6 +93,19 @@ def train_wall(run: Path, data_dir: Path, batch: int = 64) -> float:
     return round(rows[-1]["step"] * batch * length / rows[-1]["tokens_per_s"], 1)
 
 
+@contextlib.contextmanager
+def shared_inputs_lock(out: Path) -> Iterator[None]:
+    """Held while the data and the converted model a run needs are made: with two copies of this script
+    running (two runs at a time on two cores), the second waits for the first's ``sleepify data`` instead of
+    finding its output folder locked (``sleepify`` refuses a folder another process is writing, exit 2)."""
+    with (out / ".inputs.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 STEPS = 500  # the first grid's budget (and the default): runs of another budget get "-sSTEPS" in their names
 # train / test rows of the data; other counts get "-nTRAIN-TEST" in the data folder's name
 ROWS = (50_000, 1_000)
@@ -133,12 +149,13 @@ def run_one(
     result_file = run / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    if not (data_dir / "meta.json").is_file() and not data_dir.is_dir():
-        sh(sleepify("data", "rule110", "--out", str(data_dir), "--t", str(t), "--n-train", str(rows[0]),
-                    "--n-test", str(rows[1]), "--seed", str(data), "--quiet"), log)  # fmt: skip
-    if not (convert_dir / "config.json").is_file():
-        sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
-                    f"train.seed={init}", *VARIANTS[variant]["convert"]), log)  # fmt: skip
+    with shared_inputs_lock(out):  # two copies of this script at a time share the data and initial weights
+        if not (data_dir / "meta.json").is_file():
+            sh(sleepify("data", "rule110", "--out", str(data_dir), "--t", str(t), "--n-train", str(rows[0]),
+                        "--n-test", str(rows[1]), "--seed", str(data), "--quiet"), log)  # fmt: skip
+        if not (convert_dir / "config.json").is_file():
+            sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
+                        f"train.seed={init}", *VARIANTS[variant]["convert"]), log)  # fmt: skip
     recipes = ["-r", RECIPE] + (["-r", CURRICULUM] if arm == "curriculum" else ["--N", arm])
     resume = ["--resume", "auto"]
     train = ["train", str(convert_dir), *recipes, "--data", str(data_dir), f"train.seed={data}",

@@ -82,6 +82,38 @@ def test_rule110_seeds_runs_each_arm_on_a_smaller_budget_and_restarts(tmp_path: 
     assert (out / "t2-i0-d1-N1-s2" / "model" / "model.safetensors").stat().st_mtime_ns == mtime
 
 
+def test_two_rule110_seeds_processes_share_one_new_data_and_convert_folder(tmp_path: Path) -> None:
+    """docs/results.md runs two copies at a time: started together on a fresh --out, both need the same
+    data and initial weights; the second waits for the first's instead of failing on its locked folder."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "seeds"
+    script = str(ROOT / "experiments" / "rule110_seeds.py")
+    common = [script, "--out", str(out), "--t", "2", "--pairs", "1:0", "--steps", "1", "--n-train", "32",
+              "--n-test", "8"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *common, "--arms", arm],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for arm in ("1", "2")
+    ]
+    for proc in procs:
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, output[-2000:]
+    for arm in ("1", "2"):
+        assert (out / f"t2-i1-d0-N{arm}-s1" / "result.json").is_file()
+    log = (out / "commands.log").read_text()
+    assert log.count(" data rule110 ") == 1 and log.count(" convert builtin:") == 1
+
+
 def test_rule110_seeds_runs_are_the_shipped_recipes_at_their_own_budgets() -> None:
     """docs/results.md reads the script's runs as runs of the shipped recipes: at the recipes' own budgets
     (1000 steps for --N, 500 for the curriculum) the script's overrides change nothing."""
