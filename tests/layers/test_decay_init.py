@@ -32,7 +32,8 @@ SEEDS = range(6)
 
 def decays(module: torch.nn.Module) -> torch.Tensor:
     """Per-token decay at init (``a_proj x = 0``) of every head, float64, computed from the parameters."""
-    return torch.exp(-module.A_log.double().exp() * F.softplus(module.dt_bias.double()))
+    with torch.no_grad():
+        return torch.exp(-module.A_log.double().exp() * F.softplus(module.dt_bias.double()))
 
 
 def expected_spread(heads: int, rate_min: float = 1e-3) -> torch.Tensor:
