@@ -102,7 +102,7 @@ def test_two_rule110_seeds_processes_share_one_new_data_and_convert_folder(tmp_p
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for arm in ("1", "2")
     ]
     for proc in procs:
