@@ -72,14 +72,26 @@ def sleepify(*args: str) -> list[str]:
     return [sys.executable, "-m", "sleepify", *args]
 
 
-def stays_below(metrics: Path, threshold: float) -> int | None:
-    """The first logged step from which the training loss stays below ``threshold`` (None: never)."""
+def stays_below(metrics: Path, threshold: float, before: int | None = None) -> int | None:
+    """The first logged step from which the training loss stays below ``threshold`` (None: never); with
+    ``before``, over the steps before that one only."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
+    rows = [r for r in rows if "loss" in r and (before is None or r["step"] < before)]
     for i, r in enumerate(rows):
         if all(x["loss"] < threshold for x in rows[i:]):
             return int(r["step"])
     return None
+
+
+def plateau_exit(metrics: Path, arm: str, steps: int) -> int | None:
+    """The step at which a run left the plateau. A curriculum run is plain N = 2 up to its switch to N = 4
+    (``budget_overrides``), and the switch throws the loss up for a few steps, often back above the
+    threshold: its exit is the N = 2 phase's where that phase left the plateau, else the whole run's."""
+    if arm == "curriculum":
+        exit_at_n2 = stays_below(metrics, PLATEAU, before=max(1, steps // 2))
+        if exit_at_n2 is not None:
+            return exit_at_n2
+    return stays_below(metrics, PLATEAU)
 
 
 def train_wall(run: Path, data_dir: Path, batch: int = 64) -> float:
@@ -174,7 +186,7 @@ def run_one(
         "variant": variant or "default",
         "exact_match": ev["accuracy"],
         "answer_loss": ev["loss"],
-        "left_plateau_step": stays_below(run / "metrics.jsonl", PLATEAU),
+        "left_plateau_step": plateau_exit(run / "metrics.jsonl", arm, steps),
         "solved_step": stays_below(run / "metrics.jsonl", SOLVED),
         "steps": steps,
         "train_wall_s": train_wall(run, data_dir),
@@ -301,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                 if (run / "metrics.jsonl").is_file():  # else the recorded values (a copied result)
                     r["train_wall_s"] = train_wall(run, args.out / data_name(args.t, data, rows))
                     r["solved_step"] = stays_below(run / "metrics.jsonl", SOLVED)  # older runs lack it
+                    # older curriculum rows counted the loss jump at the switch as a return to the plateau
+                    r["left_plateau_step"] = plateau_exit(run / "metrics.jsonl", arm, r["steps"])
                 results.append(r)
                 continue
             results.append(run_one(args.out, args.t, init, data, arm, log, args.variant, args.steps, rows))

@@ -138,6 +138,26 @@ def test_rule110_seeds_reads_plateau_exit_and_solve_steps_from_the_training_log(
     assert seeds.stays_below(metrics, seeds.PLATEAU) == 100  # 0.66 at step 50 is followed by 0.69
     assert seeds.stays_below(metrics, seeds.SOLVED) == 175
     assert seeds.stays_below(metrics, 0.01) is None
+    assert seeds.stays_below(metrics, seeds.PLATEAU, before=75) == 50  # 0.69 at step 75 is not counted
+    assert seeds.stays_below(metrics, seeds.PLATEAU, before=50) is None
+    assert seeds.stays_below(metrics, seeds.PLATEAU, before=125) == 100
+
+
+def test_rule110_seeds_curriculum_leaves_the_plateau_in_its_n2_phase_despite_the_jump_at_the_switch(
+    tmp_path: Path,
+) -> None:
+    seeds = load("rule110_seeds")
+    metrics = tmp_path / "metrics.jsonl"
+    # 8 steps, switch to N = 4 at step 4: off the plateau at step 2, thrown back above 0.67 at the switch
+    losses = [0.70, 0.60, 0.55, 0.80, 0.50, 0.40, 0.30]
+    metrics.write_text("".join(json.dumps({"step": i + 1, "loss": x}) + "\n" for i, x in enumerate(losses)))
+    assert seeds.plateau_exit(metrics, "curriculum", steps=8) == 2
+    assert seeds.plateau_exit(metrics, "2", steps=8) == 5  # a plain run: the jump is a return to the plateau
+    # a curriculum whose N = 2 phase never left the plateau: the whole run's exit
+    metrics.write_text(
+        "".join(json.dumps({"step": i + 1, "loss": x}) + "\n" for i, x in enumerate([0.7] * 3 + losses[3:]))
+    )
+    assert seeds.plateau_exit(metrics, "curriculum", steps=8) == 5
 
 
 def test_plot_curves_draws_one_curve_per_run_with_its_passes_or_label(tmp_path: Path) -> None:
