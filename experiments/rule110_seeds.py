@@ -83,12 +83,18 @@ def stays_below(metrics: Path, threshold: float, before: int | None = None) -> i
     return None
 
 
+def half_budget(steps: int) -> int:
+    """Half of a budget of ``steps``: where the curriculum switches from N = 2 to N = 4 (as the shipped
+    curriculum recipe does at 250 of its 500 steps), and the checkpoint interval."""
+    return max(1, steps // 2)
+
+
 def plateau_exit(metrics: Path, arm: str, steps: int) -> int | None:
     """The step at which a run left the plateau. A curriculum run is plain N = 2 up to its switch to N = 4
-    (``budget_overrides``), and the switch throws the loss up for a few steps, often back above the
+    (``half_budget``), and the switch throws the loss up for a few steps, often back above the
     threshold: its exit is the N = 2 phase's where that phase left the plateau, else the whole run's."""
     if arm == "curriculum":
-        exit_at_n2 = stays_below(metrics, PLATEAU, before=max(1, steps // 2))
+        exit_at_n2 = stays_below(metrics, PLATEAU, before=half_budget(steps))
         if exit_at_n2 is not None:
             return exit_at_n2
     return stays_below(metrics, PLATEAU)
@@ -134,9 +140,8 @@ def data_name(t: int, data: int, rows: tuple[int, int] = ROWS) -> str:
 
 def budget_overrides(arm: str, steps: int) -> list[str]:
     """Recipe overrides for a budget of ``steps``, always explicit (the recipes' own budgets differ: 1000
-    steps for N = 1, 2, 4, 500 for the curriculum): the curriculum switches from N = 2 to N = 4 half-way,
-    as the shipped curriculum recipe does at 250 of its 500 steps."""
-    half = max(1, steps // 2)
+    steps for N = 1, 2, 4, 500 for the curriculum): the curriculum switches from N = 2 to N = 4 half-way."""
+    half = half_budget(steps)
     extra = [f"train.steps={steps}", f"train.checkpoint_every={half}"]
     if arm == "curriculum":
         extra.append(f"sleep.passes_schedule=[{{step: 0, passes: 2}}, {{step: {half}, passes: 4}}]")
