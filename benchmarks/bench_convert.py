@@ -55,7 +55,7 @@ def ouro_tensors(cfg: dict):
 
 def write_checkpoint(folder: Path, dtype: torch.dtype, shard_bytes: int = 2 * 10**9) -> int:
     """Write the checkpoint shard by shard (only one shard in memory); return its size on disk."""
-    from sleepify.convert import write_safetensors
+    from sleepify.weights_io import write_safetensors
 
     folder.mkdir(parents=True)
     cfg = dict(OURO_1_4B, torch_dtype=str(dtype).removeprefix("torch."))
@@ -90,7 +90,7 @@ def write_checkpoint(folder: Path, dtype: torch.dtype, shard_bytes: int = 2 * 10
 
 CHILD = """
 import sys, time, resource
-from sleepify.convert import convert
+from sleepify.stages.convert import convert
 t = time.perf_counter()
 res = convert(sys.argv[1], recipe="models/ouro-1.4b", out_dir=sys.argv[2],
               overrides=[f"model.dtype={sys.argv[3]}"], log=None)

@@ -1,6 +1,6 @@
 """Inference speed and memory of a sleep-capable model against its base model (``sleepify bench``).
 
-A thin wrapper around :func:`sleepify.benchmarking.run_bench` (see its module docstring for what is
+A thin wrapper around :func:`sleepify.stages.bench.run_bench` (see its module docstring for what is
 measured); prints the tables with the ratios measured in one run. Not a test.
 
     python benchmarks/bench_inference.py                 # contexts 1024, 4096, 16384 (~1-2 min on 1 thread)
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-from sleepify.benchmarking import (  # noqa: E402
+from sleepify.stages.bench import (  # noqa: E402
     DEFAULT_CONTEXTS,
     QUICK_CONTEXTS,
     format_report,

@@ -21,7 +21,7 @@ Steps (budgets in ``--plan``):
    for N = 1 and N = 4: tokens/s, peak memory, and the N = 4 / N = 1 throughput ratio next to the paper's
    1/N and this input's work model 2 / (N + 1) (N passes over the slept window + 1 over the awake one).
 4. ``decode``: decode latency (bf16, batch 1, greedy, median of the steps) at 1k and 16k context, the
-   sleep hybrid against its own base model with a full KV cache (``sleepify/benchmarking.py``).
+   sleep hybrid against its own base model with a full KV cache (``sleepify/stages/bench.py``).
 5. ``compile``: step 4 with the decode step's blocks under ``torch.compile``.
 
 Every step runs in its own process with a hard timeout, so a crash or a hang costs that step only. On a
@@ -410,8 +410,8 @@ def _hybrid(args: argparse.Namespace, window: int):
 
     sleepify.register_models()
     from sleepify.config import load_recipe
-    from sleepify.convert import build_hybrid_config
     from sleepify.models.hybrid import SleepHybridForCausalLM
+    from sleepify.stages.convert import build_hybrid_config
 
     base = dict(TINY_OURO if args.tiny else OURO_1_4B)
     base_config = AutoConfig.for_model(**base)
@@ -506,7 +506,7 @@ def step_train(args: argparse.Namespace) -> dict:
 def _decode(args: argparse.Namespace, compile: bool) -> dict:
     import torch
 
-    from sleepify.benchmarking import decode_latency
+    from sleepify.stages.bench import decode_latency
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     L = 16 if args.tiny else 2000

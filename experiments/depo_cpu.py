@@ -71,7 +71,7 @@ def score(
     from safetensors.torch import load_file
 
     from sleepify.evaluation import evaluate, load_eval_data
-    from sleepify.model_io import load_model
+    from sleepify.runs import load_model
 
     test, _ = load_eval_data(data_dir)
     model = load_model(convert_dir, torch.float32)

@@ -30,7 +30,6 @@ import torch
 
 import sleepify  # noqa: F401  (registers the model types)
 from sleepify.config import load_recipe
-from sleepify.convert import build_hybrid_config
 from sleepify.data.rule110 import make_rows
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.layers.gated_deltanet import GatedDeltaNet
@@ -38,6 +37,7 @@ from sleepify.layers.jet_block import JetBlock
 from sleepify.models.hybrid import SleepHybridForCausalLM
 from sleepify.models.scratch.builtin import get_builtin
 from sleepify.sleep import SleepState, run_window
+from sleepify.stages.convert import build_hybrid_config
 
 
 def build(

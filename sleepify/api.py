@@ -1,7 +1,10 @@
 """The Python API: every stage of the pipeline as a function (docs/python-api.md).
 
-``import sleepify`` exposes these lazily (``sleepify.train(...)``) without importing torch; the
-``sleepify`` command is a thin layer over them. Each returns what it produced: a model folder, an
+A thin, documented façade over :mod:`sleepify.stages` (one module per stage, each with ``plan_*`` and
+``run_*``): it turns the caller's loose arguments (strings, lists, dicts) into the stages' typed inputs
+(paths, a :class:`~sleepify.config.overrides.RunOverrides`) and nothing else. ``import sleepify``
+exposes these lazily (``sleepify.train(...)``) without importing torch; the ``sleepify`` command only
+parses strings, calls these and prints. Each returns what it produced: a model folder, an
 evaluation report, a generation result, a Hub URL. Messages go through :mod:`logging` (logger
 ``sleepify``); call ``logging.basicConfig(level=logging.INFO)`` to see them outside the CLI.
 
@@ -11,28 +14,40 @@ left to right), ``overrides`` a list of ``"key.sub=value"`` strings or a ``{"key
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sleepify.config.overrides import RunOverrides
+
 log = logging.getLogger("sleepify")
 
-__all__ = ["convert", "evaluate", "export", "generate", "plan", "push", "train", "warmup"]
+__all__ = [
+    "bench",
+    "convert",
+    "evaluate",
+    "export",
+    "generate",
+    "make_data",
+    "model_folder",
+    "plan",
+    "plan_data",
+    "plan_eval",
+    "plan_export",
+    "plan_push",
+    "push",
+    "run",
+    "train",
+    "warmup",
+]
 
-Overrides = Sequence[str] | Mapping[str, Any]
+Overrides = Sequence[str] | Mapping[str, Any] | RunOverrides
 
 
-def _overrides(overrides: Overrides | None, **shorthands: Any) -> list[str]:
-    """``key=value`` strings; shorthands (``N``, ``data`` ...) come last and win, as flags do on the CLI."""
-    if overrides is None:
-        items: list[str] = []
-    elif isinstance(overrides, Mapping):
-        items = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    else:
-        items = [str(o) for o in overrides]
-    return items + [f"{k}={json.dumps(v)}" for k, v in shorthands.items() if v is not None]
+def _overrides(overrides: Overrides | None, **flags: Any) -> RunOverrides:
+    """Typed overrides: ``overrides`` first, then the flags (``N``, ``data`` ...), which win as on the CLI."""
+    return RunOverrides.of(overrides, **flags)
 
 
 def _recipes(recipe: str | Path | Sequence[str | Path] | None) -> list[str]:
@@ -51,16 +66,17 @@ def convert(
     out: str | Path | None = None,
     overwrite: bool = False,
     runs_root: str | Path = "runs",
+    log_to: Callable[[str], None] | None = None,
 ) -> Path:
     """Convert ``model`` (alias such as ``ouro-1.4b``, Hub id, local folder, or ``builtin:NAME``) into a
     sleep-capable hybrid; returns the model folder (default ``runs/<name>/convert``, which
-    ``runs/latest`` then points at).
+    ``runs/latest`` then points at). The report goes to the ``sleepify`` logger, or to ``log_to``.
 
     Example::
 
         folder = sleepify.convert("builtin:gdn-hybrid-4-tiny")
     """
-    from sleepify.convert import convert as run_convert
+    from sleepify.stages.convert import run_convert
 
     result = run_convert(
         model,
@@ -68,7 +84,7 @@ def convert(
         out_dir=out,
         overwrite=overwrite,
         overrides=_overrides(overrides),
-        log=log.info,
+        log=log.info if log_to is None else log_to,
         runs_root=runs_root,
     )
     return Path(result.out_dir)
@@ -90,9 +106,10 @@ def plan(
     runs_root: str | Path = "runs",
 ) -> Any:
     """What ``convert`` / ``warmup`` / ``train`` with these arguments would do, with nothing written (the dry
-    run): for ``"convert"`` a :class:`~sleepify.convert.ConvertResult` with ``dry_run=True`` (the plan, block
-    table, parameter growth and report; only the config is read), otherwise a
-    :class:`~sleepify.training.stage.StagePlan` (resolved recipe, data source and format, run folder).
+    run): for ``"convert"`` a :class:`~sleepify.stages.convert.ConvertResult` with ``dry_run=True`` (the plan,
+    block table, parameter growth and report; only the config is read), otherwise a
+    :class:`~sleepify.stages.train.StagePlan` (resolved recipe, data source and format, run folder) that
+    :func:`run` carries out.
 
     Example::
 
@@ -100,37 +117,29 @@ def plan(
         print(sleepify.plan("train", data="notes.jsonl", N=2).describe())
     """
     if stage == "convert":
-        from sleepify.convert import convert as run_convert
+        from sleepify.stages.convert import plan_convert
 
-        convert_overrides = _overrides(overrides, **{"sleep.passes": N, "sleep.window": L})
-        return run_convert(
+        return plan_convert(
             None if model is None else str(model),
             recipe=_recipes(recipe) or None,
             out_dir=out,
             overwrite=overwrite,
-            overrides=convert_overrides,
-            log=None,
+            overrides=_overrides(overrides, N=N, L=L),
             runs_root=runs_root,
-            dry_run=True,
         )
-    from sleepify.training.stage import plan_stage
+    from sleepify.stages.train import plan_train
 
-    shorthands = {
-        "sleep.passes": N,
-        "sleep.window": L,
-        "data.path": None if data is None else str(data),
-        "train.steps": steps,
-        "run.overwrite": True if overwrite else None,
-    }
-    return plan_stage(
-        stage,
-        model,
-        recipes=_recipes(recipe),
-        overrides=_overrides(overrides, **shorthands),
-        out=out,
-        resume=resume,
-        runs_root=runs_root,
-    )
+    flags = _overrides(overrides, N=N, L=L, data=data, steps=steps, overwrite=True if overwrite else None)
+    return plan_train(stage, model, recipes=_recipes(recipe), overrides=flags, out=out, resume=resume,
+                      runs_root=runs_root)  # fmt: skip
+
+
+def run(plan: Any, *, progress: bool = True) -> Path:
+    """Carry out a warmup / train plan from :func:`plan` (e.g. after showing ``plan.describe()``); returns
+    the trained model folder."""
+    from sleepify.stages.train import run_train
+
+    return run_train(plan, progress=progress)
 
 
 def warmup(
@@ -156,11 +165,9 @@ def warmup(
 
         folder = sleepify.warmup(data="data/rule110", N=2, steps=20)
     """
-    from sleepify.training.stage import run_stage
-
     p = plan("warmup", model, data, N=N, L=L, steps=steps, recipe=recipe, overrides=overrides, out=out,
              resume=resume, overwrite=overwrite, runs_root=runs_root)  # fmt: skip
-    return run_stage(p, progress=progress)
+    return run(p, progress=progress)
 
 
 def train(
@@ -185,11 +192,9 @@ def train(
 
         folder = sleepify.train(data="my_corpus.jsonl", N=4, steps=200)
     """
-    from sleepify.training.stage import run_stage
-
     p = plan("train", model, data, N=N, L=L, steps=steps, recipe=recipe, overrides=overrides, out=out,
              resume=resume, overwrite=overwrite, runs_root=runs_root)  # fmt: skip
-    return run_stage(p, progress=progress)
+    return run(p, progress=progress)
 
 
 def evaluate(
@@ -219,7 +224,7 @@ def evaluate(
         report = sleepify.evaluate("runs/gdn-hybrid-4-tiny/train", data="data/rule110", N=[1, 2])
         print(report["results"][0]["overall"])
     """
-    from sleepify.evaluation import run_eval
+    from sleepify.stages.eval import run_eval
 
     models = [model] if model is None or isinstance(model, (str, Path)) else list(model)
     passes = [N] if isinstance(N, int) else list(N or [])
@@ -265,7 +270,7 @@ def export(
 
         folder = sleepify.export("runs/gdn-hybrid-4-tiny/train", "exported")
     """
-    from sleepify.export import export as run_export
+    from sleepify.stages.export import run_export
 
     result = run_export(
         run,
@@ -306,17 +311,18 @@ def generate(
 ) -> Any:
     """Sleep-capable streaming generation from a model folder (an export, a stage's model, None for
     ``runs/latest``) or a Hub id; returns a :class:`~sleepify.generation.GenerationResult` (``.texts``: one
-    per prompt). ``on_token(prompt_index, token_id, text_piece)`` streams the text as it comes.
+    per prompt). ``on_token(prompt_index, token_id, text_piece)`` streams the text as it comes. ``N`` is
+    written into the model's config, as train and eval hand it over.
 
     Example::
 
         result = sleepify.generate("exported", "0110=", max_new_tokens=4, greedy=True)
         print(result.texts[0])
     """
-    from sleepify.generation_stage import generate_text
+    from sleepify.stages.generate import run_generate
 
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    return generate_text(
+    return run_generate(
         model_folder(model, runs_root), prompts, max_new_tokens=max_new_tokens, greedy=greedy,
         temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop, batch_size=batch_size,
         passes=N, backend=backend, device=device, dtype=dtype, compile=compile, on_token=on_token,
@@ -325,12 +331,9 @@ def generate(
 
 def model_folder(source: str | Path | None, runs_root: str | Path = "runs") -> Path | str:
     """A local model folder (a stage folder with ``model/``; None = ``runs/latest``) or a Hub id ORG/NAME."""
-    from sleepify.evaluation import resolve_model_dir
+    from sleepify.runs import model_folder as find
 
-    text = None if source is None else str(source)
-    if text and not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/")):
-        return text  # a Hub repo id: transformers downloads it
-    return resolve_model_dir(text, Path(runs_root))
+    return find(source, runs_root)
 
 
 def push(
@@ -353,7 +356,7 @@ def push(
 
         url = sleepify.push("exported", "me/tiny-sleeper", private=True)
     """
-    from sleepify.hub import push as run_push
+    from sleepify.stages.push import run_push
 
     return run_push(
         folder,
@@ -365,3 +368,121 @@ def push(
         create_pr=create_pr,
         log=log.info,
     )
+
+
+def plan_data(task: str, out: str | Path, *, overwrite: bool = False, **params: Any) -> str:
+    """What :func:`make_data` would write, as text; checks ``task`` and ``out`` and writes nothing."""
+    from sleepify.stages.data import plan_data as plan_task
+
+    return plan_task(task, out, overwrite=overwrite, **params)
+
+
+def make_data(
+    task: str,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    **params: Any,
+) -> Any:
+    """Write a dataset folder for ``--data``: ``task`` is ``rule110``, ``depo``, ``gsm-infinite`` or
+    ``prepare``; ``params`` are the options of ``sleepify data TASK`` as keywords (``n_train=1000``,
+    ``t_values="0,4,8"``, ``dataset=`` / ``text_field=`` / ``answer_field=`` for ``prepare``). Returns a
+    :class:`~sleepify.stages.data.DataResult` (``.out``, ``.rows`` per split). (``sleepify.data`` is the
+    package of generators, hence the name.)
+
+    Example::
+
+        sleepify.make_data("rule110", "data/rule110", n_train=200, n_test=50, t_values="0,4")
+    """
+    from sleepify.stages.data import run_data
+
+    return run_data(task, out, seed=seed, overwrite=overwrite, progress=progress, **params)
+
+
+def bench(
+    model: str | Path | None = None,
+    *,
+    contexts: Sequence[int] | None = None,
+    quick: bool = False,
+    steps: int | None = None,
+    N: Sequence[int] = (1, 2, 4),
+    repeats: int | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    log_to: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Decode latency, memory and sleep cost of a sleep-capable model (a folder, None = a small converted
+    Qwen2 built in a temp folder) against its base with a full KV cache; returns the numbers
+    (``sleepify.stages.bench.format_report`` renders them).
+
+    Example::
+
+        res = sleepify.bench(quick=True)
+    """
+    from sleepify.stages.bench import plan_bench, run_bench
+
+    settings = plan_bench(contexts=contexts, quick=quick, steps=steps, repeats=repeats, device=device)
+    return run_bench(
+        None if model is None else model_folder(model),
+        passes=list(N),
+        log=log_to,
+        compile=compile,
+        **settings,
+    )
+
+
+def plan_eval(
+    model: str | Path | Sequence[str | Path] | None = None,
+    data: str | Path | None = None,
+    *,
+    N: int | Sequence[int] | None = None,
+    split: str | None = None,
+    recipe: str | Path | Sequence[str | Path] | None = None,
+    overrides: Overrides | None = None,
+    runs_root: str | Path = "runs",
+) -> str:
+    """What :func:`evaluate` would score, as text; nothing is loaded or written."""
+    from sleepify.stages.eval import plan_eval as plan_stage
+
+    models = [model] if model is None or isinstance(model, (str, Path)) else list(model)
+    passes = [N] if isinstance(N, int) else list(N or [])
+    return plan_stage([None if m is None else str(m) for m in models], None if data is None else str(data),
+                      split=split, passes=passes, recipes=_recipes(recipe), overrides=_overrides(overrides),
+                      runs_root=runs_root)  # fmt: skip
+
+
+def plan_export(
+    run: str | Path | None = None,
+    out: str | Path = "exported",
+    *,
+    dtype: str | None = None,
+    push_to_hub: str | None = None,
+    private: bool | None = None,
+    overwrite: bool = False,
+    runs_root: str | Path = "runs",
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """What :func:`export` would do, as text; nothing is written and the Hub is not contacted."""
+    from sleepify.stages.export import plan_export as plan_stage
+
+    return plan_stage(
+        run, out, dtype=dtype, push_to_hub=push_to_hub, overwrite=overwrite, runs_root=runs_root,
+        private=private, revision=revision, create_pr=create_pr,
+    )  # fmt: skip
+
+
+def plan_push(
+    folder: str | Path,
+    repo: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """What :func:`push` would upload, as text; the Hub is not contacted."""
+    from sleepify.stages.push import plan_push as plan_stage
+
+    return plan_stage(folder, repo, private=private, revision=revision, create_pr=create_pr)

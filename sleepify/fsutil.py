@@ -135,10 +135,19 @@ def write_pointer(pointer: Path, target: Path) -> None:
     os.replace(tmp, pointer)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+_UNITS = ("B", "KB", "MB", "GB", "TB")  # binary (1 KB = 1024 B), as disk tools print them
+
+
+def human_size(n: float | None, unit: str | None = None) -> str:
+    """The project's one size formatter: bytes as ``"1.5 GB"``; with ``unit`` (``"MB"``) a bare number in that
+    unit for a table column whose header names it; None (not measured) -> ``"–"``."""
+    if n is None:
+        return "–"
+    if unit is not None:
+        return f"{n / 1024 ** _UNITS.index(unit):,.2f}"
+    for name in _UNITS:
+        if n < 1024 or name == _UNITS[-1]:
+            return f"{n:.0f} {name}" if name == "B" else f"{n:.1f} {name}"
         n /= 1024
     return f"{n:.1f} TB"
 
@@ -169,8 +178,8 @@ def check_free_space(where: Path, need: int, what: str) -> None:
         return
     if need > free:
         raise SleepifyError(
-            f"not enough disk space for {what} in {where}: needs about {_human(need)}, "
-            f"{_human(free)} free; free some space or choose another --out"
+            f"not enough disk space for {what} in {where}: needs about {human_size(need)}, "
+            f"{human_size(free)} free; free some space or choose another --out"
         )
 
 
@@ -195,7 +204,7 @@ def disk_full_message(
 
 
 def _disk_full_line(path: Path | str | None, need: int | None, hint: str | None) -> str:
-    size = f" (needs about {_human(need)})" if need else ""
+    size = f" (needs about {human_size(need)})" if need else ""
     hint = hint or "free some space or choose another --out; nothing was replaced"
     return f"disk full while writing {path or 'the output'}{size}: {hint}"
 

@@ -42,13 +42,14 @@ from typing import Any
 import torch
 
 from sleepify.errors import SleepifyError
+from sleepify.fsutil import human_size
+from sleepify.runs import DTYPES
 
 __all__ = ["ConversionPlan", "plan_conversion"]
 
 JET_EVERY = 4  # one Jet layer after every 4th base block (the shipped alias recipes' spacing)
 MAX_JET_HEAD_DIM = 256  # fla's gated delta rule kernels take key heads up to 256
 SSM_KINDS = ("jet", "gdn")
-_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RECIPE = "recipe"
 
 
@@ -120,6 +121,7 @@ class ConversionPlan:
         """The :class:`~sleepify.models.hybrid.SleepHybridConfig` of this plan."""
         from sleepify.layers.gates import spread_rate_min
         from sleepify.models.hybrid import SleepHybridConfig
+        from sleepify.sleep import sleep_config_fields
 
         # the slowest forget-gate rate of the "spread" init follows the window (layers/gates.py)
         jet = {**self.jet, "decay_rate_min": spread_rate_min(self.window)} if self.jet else {}
@@ -129,11 +131,13 @@ class ConversionPlan:
             jet=jet,
             loop_start=self.loop_start,
             loop_end=self.loop_end,
-            sleep_window=self.window,
-            sleep_passes=self.passes,
-            eviction=self.eviction,
-            wake_passes=self.wake_passes,
-            conv_state=self.conv_state,
+            **sleep_config_fields(
+                window=self.window,
+                passes=self.passes,
+                eviction=self.eviction,
+                wake_passes=self.wake_passes,
+                conv_state=self.conv_state,
+            ),
             architectures=["SleepHybridForCausalLM"],
         )
 
@@ -155,14 +159,14 @@ class ConversionPlan:
         n = self.num_blocks
         src = self.sources
         added = self.added_params
-        nbytes = _BYTES.get(self.dtype, 4)
+        nbytes = DTYPES.get(self.dtype, 4)
         over = self.growth > self.max_param_growth
         budget = f"budget conversion.max_param_growth = {100 * self.max_param_growth:g}%"
         lines = [
             f"- parameters: {self.base_params:,} before, {self.base_params + added:,} after "
             f"(+{added:,}, +{100 * self.growth:.2f}%; {budget}" + (", EXCEEDED" if over else "") + ")",
-            f"- memory: weights +{_size(added * nbytes)} ({self.dtype}); fast-weight state per sequence "
-            f"{_size(4 * self.state_floats)} (fp32), the same at any context length",
+            f"- memory: weights +{human_size(added * nbytes)} ({self.dtype}); fast-weight state per sequence "
+            f"{human_size(4 * self.state_floats)} (fp32), the same at any context length",
             f"- Jet layers: {len(self.jet_layers)}"
             + (f", after base blocks {self.jet_layers}" if self.jet_layers else "")
             + f" [{src['conversion.jet_layers']}]",
@@ -185,13 +189,6 @@ class ConversionPlan:
             f"{self.wake_passes} [{src['sleep.wake_passes']}]",
         ]
         return lines
-
-
-def _size(nbytes: int) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if nbytes >= div:
-            return f"{nbytes / div:.2f} {unit}"
-    return f"{nbytes} B"
 
 
 def count_params(module: torch.nn.Module) -> int:

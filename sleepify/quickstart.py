@@ -75,11 +75,8 @@ def _show(command: str) -> None:
 
 def run_quickstart(plan: QuickstartPlan, overwrite: bool = False, progress: bool = True) -> dict:
     """Every stage called directly through the Python API (sleepify.api), printing the equivalent command."""
-    from sleepify import api
-    from sleepify.data import rule110
-    from sleepify.data.common import tokenizer_meta, write_dataset
-    from sleepify.data.tokenizer import build_char_tokenizer
-    from sleepify.evaluation import format_table
+    from sleepify import api, runs
+    from sleepify.evaluation.report import PLOT_FILE, format_table
 
     out = plan.out
     if out.exists() and any(out.iterdir()):
@@ -93,24 +90,25 @@ def run_quickstart(plan: QuickstartPlan, overwrite: bool = False, progress: bool
     build_base_model(base)
     counts = f"--n-train {plan.n_train} --n-test {plan.n_test} --t {plan.t}"
     _show(f"data rule110 --out {data} {counts}")
-    tok = build_char_tokenizer()
-    splits, meta = rule110.generate(plan.n_train, plan.n_test, plan.t, 0, tokenizer=tok, progress=False)
-    write_dataset(splits, data, {**meta, "tokenizer": tokenizer_meta(tok, "char")}, tok)
-    _show(f"convert {base} --out {run / 'convert'} -r {RECIPE}")
-    api.convert(str(base), recipe=RECIPE, out=run / "convert")
+    api.make_data("rule110", data, n_train=plan.n_train, n_test=plan.n_test, t_values=plan.t, progress=False)
+    converted = runs.convert_dir(base.name, run_dir=run)  # the run layout: sleepify.runs
+    _show(f"convert {base} --out {converted} -r {RECIPE}")
+    api.convert(str(base), recipe=RECIPE, out=converted)
     common = dict(
         recipe=RECIPE, N=plan.passes, overrides={"train.batch_size": plan.batch_size}, progress=progress
     )
     flags = f"-r {RECIPE} --data {data} --N {plan.passes} train.batch_size={plan.batch_size}"
-    _show(f"warmup {run / 'convert'} {flags} --steps {plan.warmup_steps}")
-    api.warmup(run / "convert", data, steps=plan.warmup_steps, **common)
-    _show(f"train {run / 'warmup' / 'model'} {flags} --steps {plan.train_steps}")
-    api.train(run / "warmup" / "model", data, steps=plan.train_steps, **common)
-    _show(f"eval {run / 'train' / 'model'} --data {data} --N 1,{plan.passes}")
-    report = api.evaluate(run / "train" / "model", data, N=[1, plan.passes], progress=False)
+    warmed = runs.model_dir_of(runs.stage_dir(converted, "warmup"))
+    _show(f"warmup {converted} {flags} --steps {plan.warmup_steps}")
+    api.warmup(converted, data, steps=plan.warmup_steps, **common)
+    trained = runs.model_dir_of(runs.stage_dir(warmed, "train"))
+    _show(f"train {warmed} {flags} --steps {plan.train_steps}")
+    api.train(warmed, data, steps=plan.train_steps, **common)
+    _show(f"eval {trained} --data {data} --N 1,{plan.passes}")
+    report = api.evaluate(trained, data, N=[1, plan.passes], progress=False)
     click.echo(format_table(report))
-    _show(f"export {run / 'train'} --out {out / 'export'}")
-    api.export(run / "train", out / "export")
+    _show(f"export {runs.run_dir_of(trained)} --out {out / 'export'}")
+    api.export(runs.run_dir_of(trained), out / "export")
     from datasets import load_from_disk
 
     row = load_from_disk(str(data))["test"][0]
@@ -122,11 +120,11 @@ def run_quickstart(plan: QuickstartPlan, overwrite: bool = False, progress: bool
         "seconds": round(time.perf_counter() - start, 1),
         "base_model": str(base),
         "data": str(data),
-        "converted": str(run / "convert"),
-        "warmup": str(run / "warmup" / "model"),
-        "trained": str(run / "train" / "model"),
-        "eval": str(run / "train" / "eval"),
-        "plot": str(run / "train" / "eval" / "eval.png"),
+        "converted": str(converted),
+        "warmup": str(warmed),
+        "trained": str(trained),
+        "eval": report["out"],
+        "plot": str(Path(report["out"]) / PLOT_FILE),
         "export": str(out / "export"),
         "results": {r["label"]: r["overall"]["accuracy"] for r in report["results"]},
     }

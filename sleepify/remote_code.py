@@ -4,9 +4,10 @@ An exported folder must load where sleepify is not installed (the Hub, a colleag
 transformers only): ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``. transformers
 loads remote code from *flat* ``.py`` files beside ``config.json``, following ``from .module import ...``
 lines, and refuses a file that imports a package that is not installed unless the import sits in a
-``try`` block. So :func:`write_remote_code` copies every sleepify module the model needs, one flat file
-per module (``sleepify/models/ouro/modeling_ouro.py`` -> ``sleepify_models_ouro_modeling_ouro.py``), and
-changes nothing but import statements:
+``try`` block. So :func:`write_remote_code` copies the modeling kernel (:data:`KERNEL_MODULES`, which the
+model's imports must reach exactly; checked before anything is written), one flat file per module
+(``sleepify/models/ouro/modeling_ouro.py`` -> ``sleepify_models_ouro_modeling_ouro.py``), and changes
+nothing but import statements:
 
 - ``from sleepify.a.b import x`` and package-relative ``from .b import x`` become
   ``from .sleepify_a_b import x``;
@@ -39,6 +40,7 @@ from sleepify.errors import SleepifyError
 __all__ = [
     "AUTO_MAP",
     "ENTRY_MODULES",
+    "KERNEL_MODULES",
     "OPTIONAL_PACKAGES",
     "bundle_modules",
     "flat_name",
@@ -47,13 +49,55 @@ __all__ = [
 ]
 
 # What the model needs at load time: the hybrid and every base family it can wrap, and SleepCache for
-# generate(). Everything they import from sleepify is found by following the imports.
+# generate(). Everything they import from sleepify is found by following the imports, and must be the
+# declared kernel below.
 ENTRY_MODULES = (
     "sleepify.models.ouro",
     "sleepify.models.jet_nemotron",
     "sleepify.models.scratch",
     "sleepify.models.hybrid",
     "sleepify.generation",
+)
+# The modeling kernel: exactly what an export ships (docs/architecture.md). Following the entries' imports
+# must give this list, no more: a model file that imports a stage, training or config would otherwise drag
+# it into every Hub export. tests/test_architecture.py checks it, and write_remote_code refuses to ship
+# anything else. A new op, layer or model module is added here.
+KERNEL_MODULES = (
+    "sleepify.errors",
+    "sleepify.generation",
+    "sleepify.sleep",
+    "sleepify.layers.gated_deltanet",
+    "sleepify.layers.gates",
+    "sleepify.layers.insertion",
+    "sleepify.layers.jet_block",
+    "sleepify.layers.norm",
+    "sleepify.layers.state",
+    "sleepify.models.compat",
+    "sleepify.models.hybrid",
+    "sleepify.models.hybrid.configuration_sleep_hybrid",
+    "sleepify.models.hybrid.families",
+    "sleepify.models.hybrid.modeling_sleep_hybrid",
+    "sleepify.models.jet_nemotron",
+    "sleepify.models.jet_nemotron.configuration_jet_nemotron",
+    "sleepify.models.jet_nemotron.modeling_jet_nemotron",
+    "sleepify.models.ouro",
+    "sleepify.models.ouro.configuration_ouro",
+    "sleepify.models.ouro.modeling_ouro",
+    "sleepify.models.scratch",
+    "sleepify.models.scratch.builtin",
+    "sleepify.models.scratch.configuration_scratch",
+    "sleepify.models.scratch.modeling_scratch",
+    "sleepify.ops.attention",
+    "sleepify.ops.dynamic_conv",
+    "sleepify.ops.dynamic_conv.naive",
+    "sleepify.ops.dynamic_conv.triton_kernels",
+    "sleepify.ops.gated_delta_rule",
+    "sleepify.ops.gated_delta_rule.chunk",
+    "sleepify.ops.gated_delta_rule.fla_backend",
+    "sleepify.ops.gated_delta_rule.naive",
+    "sleepify.ops.gated_rmsnorm",
+    "sleepify.ops.registry",
+    "sleepify.ops.short_conv",
 )
 OPTIONAL_PACKAGES = frozenset({"fla", "flash_attn", "triton"})
 CONFIG_FILE = "configuration_sleep_hybrid"
@@ -127,8 +171,11 @@ def _sleepify_imports(module: str, tree: ast.Module) -> list[tuple[ast.ImportFro
     return found
 
 
-def bundle_modules(entries: tuple[str, ...] = ENTRY_MODULES) -> list[str]:
-    """Every sleepify module the entries import (at any depth, including imports inside functions)."""
+def bundle_modules(
+    entries: tuple[str, ...] = ENTRY_MODULES, within: tuple[str, ...] | None = None
+) -> list[str]:
+    """Every sleepify module the entries import (at any depth, including imports inside functions);
+    ``within``: modules outside it are listed but not followed further."""
     seen: list[str] = []
     todo = list(entries)
     while todo:
@@ -136,6 +183,8 @@ def bundle_modules(entries: tuple[str, ...] = ENTRY_MODULES) -> list[str]:
         if module in seen:
             continue
         seen.append(module)
+        if within is not None and module not in within:
+            continue
         tree = ast.parse(_source(module).read_text(encoding="utf-8"))
         todo.extend(target for _, target in _sleepify_imports(module, tree) if target not in seen)
     return sorted(seen)
@@ -200,6 +249,23 @@ def _every_module(entries: tuple[str, ...]) -> str:
     return "".join(lines)
 
 
+def kernel_modules() -> list[str]:
+    """The modules an export ships: the entries' imports, checked against :data:`KERNEL_MODULES` (one line
+    naming what strayed in or went missing, before anything is written)."""
+    found = bundle_modules(ENTRY_MODULES, within=KERNEL_MODULES)
+    extra = sorted(set(found) - set(KERNEL_MODULES))
+    missing = sorted(set(KERNEL_MODULES) - set(found))
+    if extra or missing:
+        raise RemoteCodeError(
+            "remote code: the model's imports reach "
+            + (f"modules outside the declared kernel ({', '.join(extra)})" if extra else "")
+            + ("; " if extra and missing else "")
+            + (f"no longer {', '.join(missing)}" if missing else "")
+            + ": fix the import, or update sleepify.remote_code.KERNEL_MODULES"
+        )
+    return sorted(KERNEL_MODULES)
+
+
 def _entry_files() -> dict[str, str]:
     header = HEADER.format(version=__version__, source="sleepify/remote_code.py")
     config_module = "sleepify.models.hybrid.configuration_sleep_hybrid"
@@ -224,7 +290,8 @@ def write_remote_code(folder: str | Path) -> dict[str, str]:
     """Write the remote-code files into ``folder`` (an export being built) and return the ``auto_map``
     for its ``config.json``."""
     folder = Path(folder)
-    for module in bundle_modules():
+    modules = kernel_modules()
+    for module in modules:
         (folder / f"{flat_name(module)}.py").write_text(render_module(module), encoding="utf-8")
     for name, text in _entry_files().items():
         (folder / name).write_text(text, encoding="utf-8")

@@ -88,7 +88,9 @@ __all__ = [
     "KVBuffer",
     "OpenWindow",
     "SleepOutput",
+    "CONFIG_FIELDS",
     "SleepSettings",
+    "apply_sleep_settings",
     "SleepStack",
     "SleepState",
     "WindowContext",
@@ -99,6 +101,8 @@ __all__ = [
     "next_token_targets",
     "open_window",
     "run_window",
+    "settings_from_config",
+    "sleep_config_fields",
     "sleep_forward",
 ]
 
@@ -148,6 +152,44 @@ class SleepSettings:
     def sleep_passes_total(self) -> int:
         """Passes of the looped blocks in a consolidation: ``N * wake_passes``."""
         return self.passes * self.wake_passes
+
+
+# The one mapping between the sleep settings (the recipe's ``sleep.*`` keys, the fields of SleepSettings) and
+# the model config's attributes. Every command hands N, L and the eviction to the model through it: the
+# stage writes them into ``model.config`` (:func:`apply_sleep_settings`), the engine reads them back
+# (:func:`settings_from_config`).
+CONFIG_FIELDS = {
+    "window": "sleep_window",
+    "passes": "sleep_passes",
+    "wake_passes": "wake_passes",
+    "eviction": "eviction",
+    "conv_state": "conv_state",
+}
+_CONFIG_DEFAULTS = {"wake_passes": 1, "eviction": "hard", "conv_state": "reset"}
+
+
+def sleep_config_fields(**values: Any) -> dict[str, Any]:
+    """``window=, passes=, ...`` -> ``{"sleep_window": ..., "sleep_passes": ...}`` (None values dropped)."""
+    unknown = set(values) - set(CONFIG_FIELDS)
+    if unknown:
+        raise SleepifyError(f"unknown sleep setting(s) {sorted(unknown)}: {', '.join(CONFIG_FIELDS)}")
+    return {CONFIG_FIELDS[k]: v for k, v in values.items() if v is not None}
+
+
+def settings_from_config(config: Any, **overrides: Any) -> SleepSettings:
+    """The engine settings a model config holds, with ``overrides`` (None values are ignored)."""
+    values = {k: getattr(config, attr, _CONFIG_DEFAULTS.get(k)) for k, attr in CONFIG_FIELDS.items()}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return SleepSettings(**values)
+
+
+def apply_sleep_settings(config: Any, **values: Any) -> SleepSettings:
+    """Hand sleep settings (``passes=N``, ``window=L``, ``eviction=...``; None = unchanged) to a model by
+    writing them into its config, validated; returns the settings the model now runs with."""
+    settings = settings_from_config(config, **values)  # validates before anything changes
+    for attr, value in sleep_config_fields(**values).items():
+        setattr(config, attr, value)
+    return settings
 
 
 @dataclass(frozen=True)

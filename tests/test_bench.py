@@ -1,4 +1,4 @@
-"""``sleepify bench`` (sleepify/benchmarking.py): end to end on a tiny model, and the memory accounting.
+"""``sleepify bench`` (sleepify/stages/bench.py): end to end on a tiny model, and the memory accounting.
 
 No timing assertions: only that the run completes, the JSON has its fields with positive numbers, and the
 memory the decoders hold is counted right (against sizes computed from the model config).
@@ -15,7 +15,10 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import sleepify  # noqa: F401
-from sleepify.benchmarking import (
+from sleepify.cli.main import cli
+from sleepify.generation import SleepDecoder
+from sleepify.models.compat import cache_kwargs
+from sleepify.stages.bench import (
     BenchModelSpec,
     build_bench_model,
     cache_bytes,
@@ -24,9 +27,6 @@ from sleepify.benchmarking import (
     held_bytes,
     run_bench,
 )
-from sleepify.cli.main import cli
-from sleepify.generation import SleepDecoder
-from sleepify.models.compat import cache_kwargs
 
 L = 16
 TINY = BenchModelSpec(

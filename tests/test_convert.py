@@ -12,8 +12,10 @@ from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config, Qwen2For
 
 import sleepify  # noqa: F401
 from sleepify.cli.main import cli
-from sleepify.convert import convert, iter_safetensors, latest_run, write_safetensors
 from sleepify.errors import ModelLoadError, SleepifyError
+from sleepify.runs import latest_run
+from sleepify.stages.convert import convert
+from sleepify.weights_io import iter_safetensors, write_safetensors
 
 TINY = dict(
     vocab_size=64,

@@ -22,7 +22,8 @@ from sleepify.cli.main import cli
 from sleepify.config import load_recipe
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.errors import SleepifyError
-from sleepify.export import export, read_provenance, resolve_run
+from sleepify.runs import read_provenance, resolve_run
+from sleepify.stages.export import export
 from tests.test_generation import build_tiny_run, perturb_jet
 from tests.test_remote_code import minimal_site  # noqa: F401  (a fixture)
 
@@ -174,7 +175,7 @@ def test_export_bf16_and_no_eval(run: Path, tmp_path: Path) -> None:
 
 
 def test_export_is_atomic(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sleepify.export as ex
+    import sleepify.stages.export as ex
 
     out = tmp_path / "out"
 
@@ -269,7 +270,7 @@ def convert_stage(source: str, revision: str | None = None) -> list[dict]:
 def test_base_model_is_a_hub_id_or_nothing(source: str, name_or_path: str, hub_id: str | None) -> None:
     from types import SimpleNamespace
 
-    from sleepify.export import _base_model
+    from sleepify.stages.export import _base_model
 
     config = SimpleNamespace(base_config={"_name_or_path": name_or_path} if name_or_path else {})
     info = _base_model(convert_stage(source, "main"), Path("/nonexistent-model"), config)
@@ -282,7 +283,7 @@ def test_base_model_is_a_hub_id_or_nothing(source: str, name_or_path: str, hub_i
 
 
 def test_existing_local_folder_is_never_a_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sleepify.export import hub_repo_id
+    from sleepify.stages.export import hub_repo_id
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "org" / "model").mkdir(parents=True)
@@ -293,7 +294,7 @@ def test_existing_local_folder_is_never_a_hub_id(tmp_path: Path, monkeypatch: py
 def test_card_tags_reflect_the_content() -> None:
     from types import SimpleNamespace
 
-    from sleepify.export import card_tags
+    from sleepify.stages.export import card_tags
 
     def cfg(model_type: str, *mixers: str, jet: int = 0) -> SimpleNamespace:
         plan = [{"type": "base", "index": i, "mixer": m} for i, m in enumerate(mixers)]
@@ -314,7 +315,7 @@ def test_card_tags_reflect_the_content() -> None:
 
 
 def test_card_datasets_are_hub_ids_only(tmp_path: Path) -> None:
-    from sleepify.export import _datasets
+    from sleepify.stages.export import _datasets
 
     (tmp_path / "mine").mkdir()
     stages = [

@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import sleepify  # noqa: F401
 from sleepify.cli.main import cli
-from sleepify.convert import convert
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.generation import SleepCache, SleepDecoder, generate, sample_next
 from sleepify.models.compat import cache_kwargs
+from sleepify.stages.convert import convert
 from tests.conftest import fla_interpreter_ok, requires_cuda
 
 L = 8

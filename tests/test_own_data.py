@@ -239,7 +239,7 @@ def test_slow_on_cpu_notice_suggests_the_cpu_recipe(own: Path) -> None:
     """The GPU-scale defaults (batch 512, 100 steps) on a 10M-parameter model: a notice before training."""
     from types import SimpleNamespace
 
-    from sleepify.training.stage import _slow_on_cpu_notice
+    from sleepify.stages.train import _slow_on_cpu_notice
 
     rows = datasets.Dataset.from_dict({"input_ids": [[1] * 103] * 8})
     big = SimpleNamespace(parameters=lambda: [torch.empty(10_000_000, device="meta")])

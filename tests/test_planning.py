@@ -20,8 +20,8 @@ from transformers import (
 import sleepify  # noqa: F401
 from sleepify.cli.main import cli, main
 from sleepify.config import load_recipe
-from sleepify.convert import convert
 from sleepify.planning import plan_conversion
+from sleepify.stages.convert import convert
 
 DEFAULTS = load_recipe().recipe
 
@@ -164,7 +164,7 @@ def qwen_folder(tmp_path):
 
 @pytest.mark.parametrize("overrides", [[], ["conversion.jet_layers=[2]", "conversion.jet.num_heads=2"]])
 def test_dry_run_is_what_the_run_does(tmp_path, qwen_folder, monkeypatch, overrides) -> None:
-    import sleepify.convert as convert_module
+    import sleepify.stages.convert as convert_module
 
     def no_weights(*args, **kwargs):
         raise AssertionError("a dry run read weights")

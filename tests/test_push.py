@@ -12,7 +12,7 @@ from huggingface_hub import HfApi
 
 from sleepify.cli.main import cli, main
 from sleepify.errors import SleepifyError
-from sleepify.hub import plan_push, push
+from sleepify.stages.push import plan_push, push
 
 
 @pytest.fixture

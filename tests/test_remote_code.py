@@ -17,9 +17,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import sleepify  # noqa: F401
-from sleepify.convert import convert
-from sleepify.export import export
 from sleepify.remote_code import AUTO_MAP, OPTIONAL_PACKAGES, bundle_modules, flat_name, render_module
+from sleepify.stages.convert import convert
+from sleepify.stages.export import export
 from tests.test_generation import build_tiny_run
 
 # ------------------------------------------------------------------------------------- the shipped source

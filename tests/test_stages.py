@@ -151,8 +151,8 @@ def test_fsdp_with_recompute_on_old_torch_is_one_line(
     chain: Path, old: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """torch 2.9 / 2.10 fail inside FSDP2 + activation checkpointing: refused before torchrun starts."""
+    import sleepify.cli.train_cmd as stage
     import sleepify.training.parallel as parallel
-    import sleepify.training.stage as stage
 
     monkeypatch.setattr(parallel, "_torch_version", lambda: (2, 10))
     launched: list[list[str]] = []

@@ -1,12 +1,11 @@
 """``sleepify bench [MODEL_DIR]``: decode latency, memory and sleep cost of a sleep-capable model against its
-unconverted base model with a full KV cache (sleepify/benchmarking.py, docs/performance.md)."""
+unconverted base model with a full KV cache (sleepify/stages/bench.py, docs/performance.md)."""
 
 from __future__ import annotations
 
 import click
 
 from sleepify.cli.common import verbosity_options
-from sleepify.errors import SleepifyError
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -66,32 +65,23 @@ def bench(
     """Benchmark decoding of MODEL_DIR (default: a small converted Qwen2 built in a temp folder)."""
     import torch
 
-    from sleepify.benchmarking import DEFAULT_CONTEXTS, QUICK_CONTEXTS, format_report, run_bench, write_json
+    from sleepify import api
+    from sleepify.stages.bench import format_report, write_json
 
-    ctx = (
-        _int_list(contexts, "--contexts") if contexts else list(QUICK_CONTEXTS if quick else DEFAULT_CONTEXTS)
-    )
-    n_list = _int_list(passes, "--N")
     if threads is not None:
         if threads < 1:
             raise click.BadParameter("must be >= 1", param_hint="--threads")
         torch.set_num_threads(threads)
-    source = None
-    if model is not None:
-        from sleepify.api import model_folder
-
-        source = model_folder(model)
-    if device not in ("auto", "cpu") and device.startswith("cuda") and not torch.cuda.is_available():
-        raise SleepifyError("--device cuda: no CUDA device is available")
-    res = run_bench(
-        source,
-        contexts=ctx,
-        steps=steps if steps is not None else (8 if quick else 32),
-        passes=n_list,
-        repeats=repeats if repeats is not None else (1 if quick else 5),
+    res = api.bench(
+        model,
+        contexts=_int_list(contexts, "--contexts") if contexts else None,
+        quick=quick,
+        steps=steps,
+        N=_int_list(passes, "--N"),
+        repeats=repeats,
         device=device,
-        log=lambda msg: click.echo(msg, err=True),
         compile=compile_step,
+        log_to=lambda msg: click.echo(msg, err=True),
     )
     click.echo(format_report(res))
     if json_out:

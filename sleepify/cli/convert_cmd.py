@@ -1,4 +1,5 @@
-"""``sleepify convert MODEL``: a pretrained checkpoint -> a sleep-capable hybrid (see sleepify/convert.py)."""
+"""``sleepify convert MODEL``: a pretrained checkpoint -> a sleep-capable hybrid (the stage:
+sleepify/stages/convert.py)."""
 
 from __future__ import annotations
 
@@ -37,14 +38,12 @@ def convert(
     hybrid. Without -r, an alias uses its default recipe (`sleepify models`); any other model gets a
     default plan (Jet layers every 4th block sized from the base, within conversion.max_param_growth;
     the middle blocks looped) that the report explains."""
-    from sleepify.convert import convert as run_convert
+    from sleepify import api
 
-    run_convert(
-        model,
-        recipe=list(recipes) or None,
-        out_dir=out_dir,
-        overwrite=overwrite,
-        overrides=list(overrides),
-        log=click.echo,
-        dry_run=dry_run,
-    )
+    if dry_run:
+        plan = api.plan("convert", model, recipe=list(recipes), overrides=list(overrides), out=out_dir,
+                        overwrite=overwrite)  # fmt: skip
+        click.echo(plan.report)
+        return
+    api.convert(model, recipe=list(recipes), overrides=list(overrides), out=out_dir, overwrite=overwrite,
+                log_to=click.echo)  # fmt: skip

@@ -40,19 +40,15 @@ def _dry_run(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     ctx.meta["sleepify.dry_run"] = value
 
 
-def stop_if_dry_run(task: str, params: dict) -> bool:
-    """``--dry-run``: print the task and its parameters; the caller then returns before generating."""
-    if not click.get_current_context().meta.get("sleepify.dry_run"):
-        return False
-    shown = {
-        k: v
-        for k, v in params.items()
-        if k not in ("quiet", "out") and not callable(v) and not hasattr(v, "__file__")  # not the imports
-    }
-    click.echo(f"data {task}: would write {params['out']} (nothing written)")
-    for key, value in shown.items():
-        click.echo(f"  {key}: {value}")
-    return True
+def _run(task: str, out: str, seed: int, overwrite: bool, quiet: bool, **params) -> None:
+    """``--dry-run``: print what would be written; else build and write the dataset (through the API)."""
+    from sleepify import api
+
+    if click.get_current_context().meta.get("sleepify.dry_run"):
+        click.echo(api.plan_data(task, out, overwrite=overwrite, seed=seed, **params))
+        return
+    result = api.make_data(task, out, seed=seed, overwrite=overwrite, progress=not quiet, **params)
+    click.echo(result.describe())
 
 
 def _common(fn):
@@ -77,39 +73,14 @@ def _counts(n_train: int, n_test: int):
     return deco
 
 
-def _finish(splits, meta, tokenizer, tokenizer_name, out, overwrite, quiet) -> None:
-    from sleepify.data.common import tokenizer_meta, write_dataset
-
-    if quiet:
-        import datasets
-
-        datasets.disable_progress_bars()
-
-    meta = {**meta, "tokenizer": tokenizer_meta(tokenizer, tokenizer_name)}
-    dd = write_dataset(splits, out, meta, tokenizer, overwrite=overwrite)
-    rows = lambda name: dd[name].num_rows if name in dd else 0  # noqa: E731 - an empty split is not written
-    click.echo(f"wrote {out}: train {rows('train')} rows, test {rows('test')} rows")
-
-
 @data.command("rule110")
 @_common
 @_counts(10_000, 1_000)
 @click.option("--t", "t_values", default="32", show_default=True, help="Rollout steps, e.g. 0,4,8,16,32.")
 @click.option("--width", type=int, default=24, show_default=True, help="Cells per state (= window L).")
-def rule110_cmd(out, seed, overwrite, quiet, n_train, n_test, t_values, width) -> None:
+def rule110_cmd(out, seed, overwrite, quiet, **params) -> None:
     """Four random Rule 110 states; answers = first bit of each after t steps (bucket = t)."""
-    from sleepify.data import rule110
-    from sleepify.data.common import check_out
-    from sleepify.data.tokenizer import build_char_tokenizer
-
-    check_out(out, overwrite)
-    if stop_if_dry_run("rule110", locals()):
-        return
-    tok = build_char_tokenizer()
-    splits, meta = rule110.generate(
-        n_train, n_test, t_values, seed, width=width, tokenizer=tok, progress=not quiet
-    )
-    _finish(splits, meta, tok, "char", out, overwrite, quiet)
+    _run("rule110", out, seed, overwrite, quiet, **params)
 
 
 @data.command("depo")
@@ -126,32 +97,9 @@ def rule110_cmd(out, seed, overwrite, quiet, n_train, n_test, t_values, width) -
 @click.option("--query-tokens", type=int, default=None, help="Right-padded query part (default 7*n-queries).")
 @click.option("--arrow", default="", help="Text between an edge's two names (default none).")
 @click.option("--edge-sep", default="", help="Text after each edge (default none).")
-def depo_cmd(
-    out, seed, overwrite, quiet, n_train, n_test, max_nodes, min_nodes, n_queries, max_k, test_k,
-    cycle_tokens, query_tokens, arrow, edge_sep,
-) -> None:  # fmt: skip
+def depo_cmd(out, seed, overwrite, quiet, **params) -> None:
     """Shuffled directed cycle + k-hop queries (bucket = k of each query)."""
-    from sleepify.data import depo
-    from sleepify.data.common import check_out, parse_int_list
-    from sleepify.data.tokenizer import build_char_tokenizer
-
-    check_out(out, overwrite)
-    if stop_if_dry_run("depo", locals()):
-        return
-    cfg = depo.DepoConfig(
-        max_nodes=max_nodes,
-        min_nodes=min_nodes,
-        n_queries=n_queries,
-        max_k=max_k,
-        test_ks=parse_int_list(test_k, "--test-k") if test_k else None,
-        cycle_tokens=cycle_tokens,
-        query_tokens=query_tokens,
-        arrow=arrow,
-        edge_sep=edge_sep,
-    )
-    tok = build_char_tokenizer()
-    splits, meta = depo.generate(n_train, n_test, seed, config=cfg, tokenizer=tok, progress=not quiet)
-    _finish(splits, meta, tok, "char", out, overwrite, quiet)
+    _run("depo", out, seed, overwrite, quiet, **params)
 
 
 @data.command("gsm-infinite")
@@ -170,35 +118,9 @@ def depo_cmd(
 @click.option("--answer-field", default="solution", show_default=True, help="With --from-hub.")
 @click.option("--bucket-field", default="op", show_default=True, help="With --from-hub.")
 @click.option("--answer-regex", default=r"(-?\d+)", show_default=True, help="With --from-hub: last match.")
-def gsm_cmd(
-    out, seed, overwrite, quiet, n_train, n_test, min_ops, max_ops, min_tokens, max_tokens, max_value,
-    tokenizer_name, from_hub, text_field, answer_field, bucket_field, answer_regex,
-) -> None:  # fmt: skip
+def gsm_cmd(out, seed, overwrite, quiet, **params) -> None:
     """Long arithmetic word problems with distractors, question first (bucket = ops)."""
-    from sleepify.data import gsm_infinite
-    from sleepify.data.common import check_out, hub_offline
-    from sleepify.data.prepare import prepare
-    from sleepify.data.tokenizer import load_tokenizer
-
-    if from_hub and hub_offline():
-        raise gsm_infinite.hub_unreachable(from_hub, "offline mode")
-    check_out(out, overwrite)
-    if stop_if_dry_run("gsm-infinite", locals()):
-        return
-    tok = load_tokenizer(tokenizer_name)
-    if from_hub:
-        hint = " — drop --from-hub: the built-in gsm-infinite generator works offline"
-        splits, meta = prepare(
-            from_hub, text_field=text_field, answer_field=answer_field, tokenizer=tok,
-            bucket_field=bucket_field, answer_regex=answer_regex, seed=seed, progress=not quiet,
-            hub_hint=hint, task="gsm-infinite (hub)",
-        )  # fmt: skip
-    else:
-        splits, meta = gsm_infinite.generate(
-            n_train, n_test, seed, min_ops=min_ops, max_ops=max_ops, min_tokens=min_tokens,
-            max_tokens=max_tokens, max_value=max_value, tokenizer=tok, progress=not quiet,
-        )  # fmt: skip
-    _finish(splits, meta, tok, tokenizer_name, out, overwrite, quiet)
+    _run("gsm-infinite", out, seed, overwrite, quiet, **params)
 
 
 @data.command("prepare")
@@ -215,22 +137,6 @@ def gsm_cmd(
 @click.option("--config", "config_name", default=None, help="Dataset config name (Hub datasets).")
 @click.option("--test-size", type=float, default=0.1, show_default=True, help="Fraction (<1) or count.")
 @click.option("--limit", type=int, default=None, help="At most this many rows per split.")
-def prepare_cmd(
-    out, seed, overwrite, quiet, dataset, text_field, answer_field, tokenizer_name, bucket_field,
-    answer_regex, sep, config_name, test_size, limit,
-) -> None:  # fmt: skip
+def prepare_cmd(out, seed, overwrite, quiet, **params) -> None:
     """Tokenize any dataset with a text and an answer field into the same row format."""
-    from sleepify.data.common import check_out
-    from sleepify.data.prepare import prepare
-    from sleepify.data.tokenizer import load_tokenizer
-
-    check_out(out, overwrite)
-    if stop_if_dry_run("prepare", locals()):
-        return
-    tok = load_tokenizer(tokenizer_name)
-    splits, meta = prepare(
-        dataset, text_field=text_field, answer_field=answer_field, tokenizer=tok, bucket_field=bucket_field,
-        answer_regex=answer_regex, sep=sep, config=config_name, test_size=test_size, seed=seed,
-        limit=limit, progress=not quiet,
-    )  # fmt: skip
-    _finish(splits, meta, tok, tokenizer_name, out, overwrite, quiet)
+    _run("prepare", out, seed, overwrite, quiet, **params)

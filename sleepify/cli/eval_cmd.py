@@ -23,7 +23,7 @@ def split_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 
 def parse_passes(value: str | None) -> list[int]:
-    from sleepify.evaluation import EvalError
+    from sleepify.evaluation.metrics import EvalError
 
     if not value:
         return []
@@ -88,7 +88,8 @@ def eval_cmd(
     and eval.png.
     """
     import sleepify.api as api
-    from sleepify.evaluation import EvalError, format_table, plan_eval
+    from sleepify.evaluation.metrics import EvalError
+    from sleepify.evaluation.report import format_table
 
     sources, overrides = split_args(args)
     if batch_size is not None and batch_size < 1:
@@ -96,8 +97,8 @@ def eval_cmd(
     if max_examples is not None and max_examples < 1:
         raise EvalError(f"--max-examples must be >= 1, got {max_examples}")
     if dry_run:
-        click.echo(plan_eval(sources or [None], data_path, split=split, passes=parse_passes(passes),
-                             recipes=recipes, overrides=overrides))  # fmt: skip
+        click.echo(api.plan_eval(sources or None, data_path, N=parse_passes(passes), split=split,
+                                 recipe=list(recipes), overrides=list(overrides)))  # fmt: skip
         return
     report = api.evaluate(
         sources or None,

@@ -1,5 +1,6 @@
-"""``sleepify export RUN --out DIR``: a clean Hugging Face folder with a model card (sleepify/export.py);
-``--push-to-hub ORG/NAME`` uploads it afterwards (sleepify/hub.py)."""
+"""``sleepify export RUN --out DIR``: a clean Hugging Face folder with a model card
+(sleepify/stages/export.py);
+``--push-to-hub ORG/NAME`` uploads it afterwards (sleepify/stages/push.py)."""
 
 from __future__ import annotations
 
@@ -49,10 +50,8 @@ def export(
     import sleepify.api as api
 
     if dry_run:
-        from sleepify.export import plan_export
-
         click.echo(
-            plan_export(
+            api.plan_export(
                 run,
                 out,
                 dtype=dtype,

@@ -1,5 +1,5 @@
 """``sleepify push DIR --repo ORG/NAME``: upload an exported folder to the Hugging Face Hub
-(sleepify/hub.py)."""
+(sleepify/stages/push.py)."""
 
 from __future__ import annotations
 
@@ -38,9 +38,7 @@ def push(
     import sleepify.api as api
 
     if dry_run:
-        from sleepify.hub import plan_push
-
-        click.echo(plan_push(folder, repo, private=private, revision=revision, create_pr=create_pr))
+        click.echo(api.plan_push(folder, repo, private=private, revision=revision, create_pr=create_pr))
         return
     api.push(
         folder, repo, private=private, revision=revision, message=message, token=token, create_pr=create_pr

@@ -1,14 +1,41 @@
 """``sleepify warmup`` and ``sleepify train``: argument parsing and printing over :func:`sleepify.warmup` /
-:func:`sleepify.train` (the stage itself is :mod:`sleepify.training.stage`)."""
+:func:`sleepify.train` (the stage itself is :mod:`sleepify.stages.train`). Launching ``torchrun`` for
+``--nproc`` and the resume command printed after an interruption live here: they are about the command
+line."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import click
 
 from sleepify.cli.common import dry_run_option, echo_info, progress_enabled, recipe_options, verbosity_options
+from sleepify.errors import Interrupted, SleepifyError
+
+log = logging.getLogger("sleepify")
+
+
+def launch_torchrun(nproc: int, args: list[str]) -> None:
+    """``sleepify STAGE --nproc K ...`` = ``torchrun --nproc-per-node K -m sleepify STAGE ...``."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    log.info("launching: torchrun %s", " ".join(cmd[3:] + ["-m", "sleepify", *args]))
+    result = subprocess.run([*cmd, "-m", "sleepify", *args], check=False)
+    if result.returncode:
+        raise SleepifyError(f"torchrun exited with code {result.returncode} (see the ranks' output above)")
+
+
+def resume_command(argv: list[str], run_dir: Path) -> str:
+    """The command that resumes an interrupted run: this one, with ``--resume`` and its ``--out``."""
+    args = [a for a in argv if a not in ("--resume", "--overwrite", "latest", "auto")]
+    if "--out" not in args:
+        args += ["--out", str(run_dir)]
+    return shlex.join(["sleepify", *args, "--resume"])
 
 
 def _stage_command(stage: str, doc: str) -> click.Command:
@@ -60,7 +87,6 @@ def _stage_command(stage: str, doc: str) -> click.Command:
         dry_run: bool,
     ) -> None:
         import sleepify.api as api
-        from sleepify.training.stage import launch_torchrun, run_stage
 
         if model is not None and "=" in model and not Path(model).exists():
             overrides, model = (model, *overrides), None  # `sleepify train key=value` (no model folder)
@@ -88,7 +114,13 @@ def _stage_command(stage: str, doc: str) -> click.Command:
             argv += ["--overwrite"] if overwrite else []
             launch_torchrun(nproc, [*argv, *overrides])
             return
-        final = run_stage(plan, progress=progress_enabled())
+        try:
+            final = api.run(plan, progress=progress_enabled())
+        except Interrupted as err:
+            if getattr(err, "headline", None) is None:
+                raise
+            cmd = resume_command(sys.argv[1:], err.run_dir)
+            raise Interrupted(f"{err.headline}; resume with: {cmd}", err.exit_code) from None
         echo_info(f"{stage} done: model in {final}")
 
     return command

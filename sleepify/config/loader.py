@@ -247,7 +247,8 @@ def load_recipe(
     refs: str | Path | Sequence[str | Path] | None = None,
     overrides: Iterable[str] = (),
 ) -> ResolvedRecipe:
-    """Resolve and validate: recipes stacked left to right, then dotted overrides."""
+    """Resolve and validate: recipes stacked left to right, then dotted overrides (``"key=value"`` strings
+    or a :class:`~sleepify.config.overrides.RunOverrides`, whose flags come after its pairs)."""
     if refs is None:
         refs = []
     elif isinstance(refs, (str, Path)):
@@ -274,8 +275,9 @@ def load_recipe(
         raise
 
 
-def read_provenance(recipe_file: str | Path) -> dict[str, Any]:
-    """The ``# provenance`` comment header of a stored ``recipe.yaml`` ({} if there is none)."""
+def provenance_header(recipe_file: str | Path) -> dict[str, Any]:
+    """The ``# provenance`` comment header of a stored ``recipe.yaml`` ({} if there is none); with the recipe
+    itself: :func:`sleepify.runs.read_provenance`."""
     lines = []
     for line in Path(recipe_file).read_text().splitlines():
         if not line.startswith("#"):

@@ -70,7 +70,7 @@ class OpenedData:
     kind: str  # "sleepify dataset", "saved dataset", "json file", "Hub dataset", ...
     format: str
     fields: dict[str, str]  # role (text, prompt, answer, messages) -> column
-    splits: dict[str, Any]  # "train" / "eval" -> datasets.Dataset (raw rows)
+    splits: dict[str, Any]  # "train" or "eval" -> datasets.Dataset (raw rows)
     held_out: str | None  # how the eval split was made when the source had none
     meta: dict[str, Any] = field(default_factory=dict)  # meta.json of a sleepify dataset
     separator: str | None = None

@@ -15,7 +15,6 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import sleepify  # noqa: F401  (registers the model types)
 from sleepify.config import load_recipe
-from sleepify.convert import build_hybrid_config, convert
 from sleepify.data.rule110 import make_rows
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
@@ -23,6 +22,7 @@ from sleepify.layers.gates import decay_init_values, spread_rate_min
 from sleepify.layers.jet_block import JetBlock, JetBlockConfig
 from sleepify.models.hybrid import SleepHybridForCausalLM
 from sleepify.models.scratch import SleepScratchForCausalLM, builtin_config
+from sleepify.stages.convert import build_hybrid_config, convert
 from tests.helpers import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,10 +12,10 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 import sleepify  # noqa: F401 - registers the model types
 from sleepify.config.schema import TrainSection
-from sleepify.convert import convert
 from sleepify.generation import generate
 from sleepify.models.compat import transformers_at_least
 from sleepify.models.hybrid.families import DECODER_SPECS, family_for
+from sleepify.stages.convert import convert
 from sleepify.training.optim import MuonAdamW
 from tests.helpers import one_thread  # noqa: F401 - fixture
 

@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import sleepify  # noqa: F401  (registers the model types)
 import sleepify.training.data as training_data
 import sleepify.training.loop as loop_module
-from sleepify.convert import convert
 from sleepify.data.tokenizer import char_vocab
 from sleepify.errors import ModelLoadError
 from sleepify.models.hybrid import SleepHybridConfig, SleepHybridForCausalLM
@@ -23,6 +22,7 @@ from sleepify.models.scratch import (
     builtin_config,
     get_builtin,
 )
+from sleepify.stages.convert import convert
 from tests.helpers import invoke, one_thread  # noqa: F401  (fixture)
 
 A, G, J = "attention", "gdn", "jet"

@@ -86,17 +86,17 @@ def _full_safetensors(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - safete
 TRAIN = ["train", "runs/tiny/convert", "--data", "data/rule110", "--steps", "1", "--overwrite",
          "train.batch_size=2"]  # fmt: skip
 DISK_FULL = {  # stage -> (what fails, how, the old output to keep, argv, the path the line must name)
-    "convert": ("sleepify.convert.write_safetensors", _full_oserror, "runs/tiny/convert",
+    "convert": ("sleepify.stages.convert.write_safetensors", _full_oserror, "runs/tiny/convert",
                 ["convert", MODEL, "--overwrite"], "out"),
     "train-weights": ("sleepify.training.checkpoint.save_file", _full_oserror, "runs/tiny/warmup", TRAIN,
                       "out"),
     "train-optimizer": ("sleepify.training.checkpoint.torch.save", _full_torch_zip, "runs/tiny/warmup", TRAIN,
                         "out"),
-    "export": ("sleepify.export.write_remote_code", _full_safetensors, "exported",
+    "export": ("sleepify.stages.export.write_remote_code", _full_safetensors, "exported",
                ["export", "runs/tiny/warmup", "--overwrite"], "out"),
     "data": ("datasets.DatasetDict.save_to_disk", _full_oserror, "data/rule110",
              ["data", "rule110", "--t", "0", "--n-train", "8", "--n-test", "2", "--overwrite"], "out"),
-    "eval": ("sleepify.evaluation.format_table", _full_oserror, None,
+    "eval": ("sleepify.evaluation.report.format_table", _full_oserror, None,
              ["eval", "runs/tiny/warmup", "--data", "data/rule110"], "out"),
 }  # fmt: skip
 

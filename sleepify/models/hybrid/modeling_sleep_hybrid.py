@@ -38,7 +38,7 @@ from sleepify.models.hybrid.families import (
     LayerInfo,
     family_for,
 )
-from sleepify.sleep import SleepSettings, SleepState, sleep_forward
+from sleepify.sleep import SleepSettings, SleepState, settings_from_config, sleep_forward
 
 __all__ = ["HybridStack", "SleepHybridForCausalLM", "SleepHybridOutput", "SleepHybridPreTrainedModel"]
 
@@ -265,16 +265,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
     def sleep_settings(self, **overrides: Any) -> SleepSettings:
         """The engine settings from the config (``window``, ``passes``, ``wake_passes``, ``eviction``), with
         overrides (None values are ignored)."""
-        c = self.config
-        values: dict[str, Any] = {
-            "window": c.sleep_window,
-            "passes": c.sleep_passes,
-            "wake_passes": c.wake_passes,
-            "eviction": c.eviction,
-            "conv_state": getattr(c, "conv_state", "reset"),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return SleepSettings(**values)
+        return settings_from_config(self.config, **overrides)
 
     # ---------------------------------------------------------------- forward
     @accepts_legacy_cache

@@ -1,14 +1,15 @@
-"""The warmup and train stages: sleep fine-tuning of a converted model (``sleepify.warmup`` /
-``sleepify.train`` and the commands of the same names).
+"""The train stage (and warmup: train with the warm-up recipe): sleep fine-tuning of a converted model
+(``sleepify.warmup`` / ``sleepify.train`` and the commands of the same names).
 
 A stage reads the model folder of the previous stage (given, or the one ``runs/latest`` points at),
 stacks the recipe stored there under the caller's recipes and overrides, and trains with the loop in
 :mod:`sleepify.training.loop`. It writes ``<run>/<stage>/model`` (a loadable HF folder), checkpoints,
 metrics and the resolved recipe; ``runs/latest`` then points at the new model, so the stages chain.
 
-:func:`plan_stage` does everything that can fail cheaply and writes nothing (recipe, data source and
-format, run folder); :func:`run_stage` then tokenizes, loads the model and trains. ``--dry-run`` prints
-the plan and stops.
+:func:`plan_train` does everything that can fail cheaply and writes nothing (recipe, data source and
+format, run folder); :func:`run_train` then tokenizes, loads the model and trains. ``--dry-run`` prints
+the plan and stops. Where the folders are is :mod:`sleepify.runs`; launching ``torchrun`` and the resume
+command printed after an interruption belong to the CLI (``sleepify/cli/train_cmd.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sleepify.config import load_recipe
-from sleepify.config.loader import RESOLVED_RECIPE_FILE, ResolvedRecipe, read_provenance, sets_key
+from sleepify.config.loader import ResolvedRecipe, sets_key
+from sleepify.config.overrides import RunOverrides
 from sleepify.data.sources import OpenedData, load_tokenizer_for, open_data
 from sleepify.errors import Interrupted, SleepifyError
 from sleepify.fsutil import (
@@ -36,12 +38,23 @@ from sleepify.fsutil import (
     staging,
     suppress_unless_disk_full,
     tensor_bytes,
-    write_pointer,
 )
+from sleepify.runs import (
+    TRAIN_STAGES,
+    load_model,
+    model_dir_of,
+    point_latest,
+    read_provenance,
+    resolve_model_dir,
+    stage_dir,
+    stored_recipe,
+)
+from sleepify.sleep import CONFIG_FIELDS, apply_sleep_settings
+from sleepify.stages.common import quiet_library_bars
 
 log = logging.getLogger(__name__)
 
-STAGES = ("warmup", "train")
+STAGES = TRAIN_STAGES  # warmup is train with the warm-up recipe
 CPU_FLOPS = 2e10  # rough sustained fp32 FLOP/s of a small CPU: only for the "this will be slow" notice
 SLOW_SECONDS = 600
 
@@ -82,7 +95,7 @@ class StagePlan:
         rec = self.resolved.recipe
         train = rec.train
         lines = [
-            f"{self.stage}: {self.model_dir} -> {self.run_dir / 'model'}",
+            f"{self.stage}: {self.model_dir} -> {model_dir_of(self.run_dir)}",
             f"  {self.data.describe()}"
             + (" [reused from the previous stage's recipe]" if self.data_reused else ""),
             f"  sleep: N={rec.sleep.passes}, L={rec.sleep.window}, eviction={rec.sleep.eviction}",
@@ -97,14 +110,7 @@ class StagePlan:
         return "\n".join(lines)
 
 
-def _stored_recipe(model_dir: Path) -> Path | None:
-    for folder in (model_dir, model_dir.parent):
-        if (folder / RESOLVED_RECIPE_FILE).is_file():
-            return folder / RESOLVED_RECIPE_FILE
-    return None
-
-
-def _config_sleep_settings(model_dir: Path, recipes: Sequence[str], overrides: Sequence[str]) -> list[str]:
+def _config_sleep_settings(model_dir: Path, recipes: Sequence[str], overrides: RunOverrides) -> list[str]:
     """``sleep.window / passes / eviction`` from ``config.json`` as overrides, for a model folder that
     has no stored recipe (the schema's defaults, e.g. a 2048-token window, would silently replace the
     model's own settings); the caller's recipes and overrides still win."""
@@ -113,11 +119,9 @@ def _config_sleep_settings(model_dir: Path, recipes: Sequence[str], overrides: S
     except (OSError, ValueError):
         return []
     out = []
-    for key, name in (("sleep.window", "sleep_window"), ("sleep.passes", "sleep_passes"),
-                      ("sleep.eviction", "eviction")):  # fmt: skip
-        value = config.get(name)
-        chosen = sets_key(recipes, key) or any(o.startswith(f"{key}=") for o in overrides)
-        if value is not None and not chosen:
+    for field_name in ("window", "passes", "eviction"):
+        key, value = f"sleep.{field_name}", config.get(CONFIG_FIELDS[field_name])
+        if value is not None and not (sets_key(recipes, key) or overrides.sets(key)):
             out.append(f"{key}={json.dumps(value)}")
     if out:
         log.warning("%s has no recipe.yaml: using the sleep settings of its config.json (%s)", model_dir,
@@ -125,12 +129,12 @@ def _config_sleep_settings(model_dir: Path, recipes: Sequence[str], overrides: S
     return out
 
 
-def plan_stage(
+def plan_train(
     stage: str,
     model: str | Path | None = None,
     *,
     recipes: Sequence[str] = (),
-    overrides: Sequence[str] = (),
+    overrides: RunOverrides | Sequence[str] = (),
     out: str | Path | None = None,
     resume: bool | str = False,
     runs_root: str | Path = "runs",
@@ -138,18 +142,16 @@ def plan_stage(
     """Resolve the recipe, open the data (format and splits) and choose the run folder; write nothing.
 
     ``model``: a converted model folder, a stage run folder holding ``model/``, or None for
-    ``runs/latest``. ``resume``: False, True / "latest" (an error without a checkpoint) or "auto".
+    ``runs/latest``. ``resume``: False, True or "latest" (an error without a checkpoint) or "auto".
     Every problem (recipe, data, an occupied run folder) raises a one-line :class:`SleepifyError`.
     """
-    from sleepify.evaluation import resolve_model_dir
-
     if stage not in STAGES:
         raise SleepifyError(f"unknown stage '{stage}': {', '.join(STAGES)}")
     runs_root = Path(runs_root)
     model_dir = resolve_model_dir(model, runs_root)  # a converted model folder, a stage folder, runs/latest
-    stored = _stored_recipe(model_dir)
+    stored = stored_recipe(model_dir)
     refs = ([str(stored)] if stored else []) + list(recipes)
-    overrides = list(overrides)
+    overrides = RunOverrides.of(overrides)
     restore: list[str] = []
     if stored is None:  # a model folder without recipe.yaml: its config.json holds the sleep settings
         restore += _config_sleep_settings(model_dir, recipes, overrides)
@@ -158,7 +160,7 @@ def plan_stage(
         # what warm-up forced (hard eviction, Jet-only training) does not carry over to the next stage,
         # unless the user's own recipes or overrides say so
         for key, value in provenance.get("restore", {}).items():
-            if not sets_key(recipes, key) and not any(o.startswith(f"{key}=") for o in overrides):
+            if not sets_key(recipes, key) and not overrides.sets(key):
                 restore.append(f"{key}={json.dumps(value)}")
     header: dict[str, Any] = {}
     forced: list[str] = []
@@ -169,17 +171,12 @@ def plan_stage(
             "train.trainable": before.train.trainable,
         }
         forced.append("sleep.eviction=hard")  # warm-up always evicts hard (paper §6.4)
-    resolved = load_recipe(refs, [*restore, *overrides, *forced])
+    resolved = load_recipe(refs, [*restore, *overrides.texts(), *forced])
     rec = resolved.recipe
-    data_reused = bool(
-        rec.data.path
-        and not sets_key(recipes, "data.path")
-        and not any(o.startswith("data.path=") for o in overrides)
-    )
+    chosen = sets_key(recipes, "data.path") or overrides.sets("data.path")
+    data_reused = bool(rec.data.path and not chosen)
     opened = open_data(rec.data)  # a bad dataset stops here: before the model loads, nothing written
-    # runs/<name>/convert (a model folder) or runs/<name>/<stage>/model -> runs/<name>/<this stage>
-    name_dir = model_dir.parent.parent if model_dir.name == "model" else model_dir.parent
-    run_dir = Path(out) if out else name_dir / stage
+    run_dir = stage_dir(model_dir, stage, out)
     restart = False
     if resume == "auto":  # continue if a checkpoint exists, else start fresh (a relaunched preempted job)
         from sleepify.training.checkpoint import latest_checkpoint
@@ -216,15 +213,6 @@ def plan_stage(
         data_reused=data_reused,
         runs_root=runs_root,
     )
-
-
-def quiet_library_bars() -> None:
-    """No progress bars from transformers (loading / writing weights) and datasets either (--quiet)."""
-    from datasets.utils import logging as datasets_logging
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    datasets_logging.disable_progress_bar()
 
 
 def _check_vocab(rows: Any, model_dir: Path, what: str) -> None:
@@ -267,7 +255,7 @@ def _slow_on_cpu_notice(model: Any, rows: Any, plan: StagePlan) -> str | None:
     )
 
 
-def run_stage(plan: StagePlan, *, progress: bool = True) -> Path:
+def run_train(plan: StagePlan, *, progress: bool = True) -> Path:
     """Tokenize the data, load the model, train, write ``<run>/model``; returns that folder.
 
     The run folder is locked while the stage runs (:class:`sleepify.fsutil.RunLock`); with ``--overwrite``
@@ -304,10 +292,8 @@ def run_stage(plan: StagePlan, *, progress: bool = True) -> Path:
 
 
 def _interrupted(plan: StagePlan, err: KeyboardInterrupt) -> Interrupted:
-    """The one line for a stopped run: the last good checkpoint and the exact command that resumes it."""
-    import shlex
-    import sys
-
+    """The one line for a stopped run: the last good checkpoint (``Interrupted.checkpoint``, from which the
+    CLI builds the command that resumes it)."""
     from sleepify.training.checkpoint import latest_checkpoint
 
     code = getattr(err, "exit_code", 130)
@@ -317,19 +303,16 @@ def _interrupted(plan: StagePlan, err: KeyboardInterrupt) -> Interrupted:
     last = latest_checkpoint(plan.run_dir)
     if last is None:
         return Interrupted(f"{plan.stage} {what} before its first checkpoint: start it again", code)
-    args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite", "latest", "auto")]
-    if "--out" not in args:
-        args += ["--out", str(plan.run_dir)]
-    cmd = shlex.join(["sleepify", *args, "--resume"])
-    return Interrupted(f"{plan.stage} {what}; the last good checkpoint is {last}; resume with: {cmd}", code)
+    headline = f"{plan.stage} {what}; the last good checkpoint is {last}"
+    stopped = Interrupted(f"{headline}; resume with resume=True, out={str(plan.run_dir)!r}", code)
+    stopped.headline, stopped.run_dir = headline, plan.run_dir  # the CLI words the resume command
+    return stopped
 
 
 def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: bool, is_main: bool) -> Path:
     import torch
     from transformers import AutoTokenizer
 
-    from sleepify.convert import LATEST_POINTER
-    from sleepify.model_io import load_model
     from sleepify.training.loop import close_distributed, init_distributed, train
     from sleepify.training.parallel import check_fsdp_supported, full_model_state
     from sleepify.training.passes import PassesSchedule
@@ -340,7 +323,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
         check_fsdp_supported(rec.train.distributed, rec.sleep.checkpoint_windows)
     if is_main:
         clean_stale_temps(run_dir)
-        clean_stale_temps(run_dir / "model")
+        clean_stale_temps(model_dir_of(run_dir))
     if is_main and plan.restart and run_dir.is_dir():
         # what a killed attempt logged before its first checkpoint is discarded with it
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -349,13 +332,12 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     # --overwrite: the new run is built in a temporary sibling; the old folder is replaced at the very end
     work = staging(run_dir) if replacing and is_main else contextlib.nullcontext(run_dir)
     distributed = init_distributed()
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[rec.model.dtype]
-    model = load_model(model_dir, dtype)  # a damaged folder: one line
+    model = load_model(model_dir, rec.model.dtype)  # a damaged folder: one line
     if stage == "warmup" and rec.train.trainable == ["*"]:  # the recipe did not choose: SSM layers only
         rec.train.trainable = warmup_trainable(model)
     cfg = model.config
-    cfg.sleep_window, cfg.sleep_passes, cfg.eviction = rec.sleep.window, rec.sleep.passes, rec.sleep.eviction
-    cfg.conv_state = rec.sleep.conv_state
+    s = rec.sleep  # N, L and the eviction reach the model through its config, as in eval and generate
+    apply_sleep_settings(cfg, window=s.window, passes=s.passes, eviction=s.eviction, conv_state=s.conv_state)
     if torch.cuda.is_available():
         model.cuda()
     if is_main:
@@ -393,30 +375,21 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
         if is_main:
             hint = "free some space, then run the same command with --resume (the last checkpoint is kept)"
             # built in `where` (the run folder, or its --overwrite sibling); a full disk names the final path
-            with staging(where / "model", size, names=run_dir / "model", hint=hint) as tmp:
+            with staging(model_dir_of(where), size, names=model_dir_of(run_dir), hint=hint) as tmp:
                 model.save_pretrained(tmp, state_dict=weights)
                 # a model folder may have no tokenizer (built-in char models keep theirs with the data)
                 with suppress_unless_disk_full(OSError, ValueError, TypeError):
                     (tokenizer or AutoTokenizer.from_pretrained(model_dir)).save_pretrained(tmp)
                 plan.resolved.save(tmp, stage=stage, extra=plan.header)
-                publish_folder(tmp, where / "model")
+                publish_folder(tmp, model_dir_of(where))
             if replacing:
                 publish_folder(where, run_dir)
-    final = run_dir / "model"
+    final = model_dir_of(run_dir)
     if is_main:
-        write_pointer(plan.runs_root / LATEST_POINTER, final)
+        point_latest(plan.runs_root, final)
     if distributed:
         close_distributed()
     return final
 
 
-def launch_torchrun(nproc: int, args: list[str]) -> None:
-    """``sleepify STAGE --nproc K ...`` = ``torchrun --nproc-per-node K -m sleepify STAGE ...``."""
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    log.info("launching: torchrun %s", " ".join(cmd[3:] + ["-m", "sleepify", *args]))
-    result = subprocess.run([*cmd, "-m", "sleepify", *args], check=False)
-    if result.returncode:
-        raise SleepifyError(f"torchrun exited with code {result.returncode} (see the ranks' output above)")
+plan_stage, run_stage = plan_train, run_train  # the names before the stages moved

@@ -31,12 +31,8 @@ Their default recipe is ``scratch/NAME``.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import shutil
-import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,32 +49,21 @@ from sleepify.fsutil import (
     refuse_inside,
     staging,
     tensor_bytes,
-    write_pointer,
 )
+from sleepify.hub import BUILTIN_PREFIX, resolve_source
 from sleepify.layers.gates import spread_rate_min
-from sleepify.models.registry import ALIASES, ModelAlias, get_alias
+from sleepify.runs import STAGES, convert_dir, point_latest, torch_dtype
+from sleepify.weights_io import iter_safetensors, safetensors_files, write_safetensors
 
 __all__ = [
     "ConvertResult",
     "build_hybrid_config",
     "convert",
-    "iter_safetensors",
-    "latest_run",
     "load_base_weights",
-    "resolve_source",
-    "write_safetensors",
+    "plan_convert",
+    "run_convert",
 ]
 
-HUB_PATTERNS = [
-    "*.json",
-    "*.safetensors",
-    "tokenizer*",
-    "*.model",
-    "*.tiktoken",
-    "merges.txt",
-    "vocab.txt",
-    "*.jinja",
-]
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -92,97 +77,6 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
-BUILTIN_PREFIX = "builtin:"  # model.source builtin:NAME = a built-in model initialised from scratch
-LATEST_POINTER = "latest"  # runs/latest: one line, the path of the newest convert output folder
-
-_ST_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# ------------------------------------------------------------------------------------------------------------
-# resolving the source
-
-
-@dataclass
-class Source:
-    folder: Path
-    name: str  # alias, or the folder / repo name (used for the default run directory)
-    alias: ModelAlias | None
-    hub_id: str | None
-
-
-def resolve_source(source: str, revision: str | None = None, config_only: bool = False) -> Source:
-    """An alias, a local folder or a Hub id -> a local folder holding ``config.json`` (``config_only``: a
-    Hub download fetches ``config.json`` only, no weights)."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} holds no config.json: is it a Hugging Face model folder?")
-        return Source(path, path.resolve().name, None, None)
-    alias = ALIASES.get(source.lower())
-    if alias is None and source.count("/") == 1 and not source.startswith((".", "/", "~")):
-        return Source(_download(source, revision, config_only), source.split("/")[1].lower(), None, source)
-    if alias is None:
-        if os.sep in source or source.startswith("."):
-            raise ModelLoadError(f"no such folder: {source}")
-        get_alias(source)  # raises with the closest aliases
-    return Source(_download(alias.hub_id, revision, config_only), alias.name, alias, alias.hub_id)
-
-
-_HUB_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-
-
-def _download(repo_id: str, revision: str | None, config_only: bool = False) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-    except ImportError as err:  # pragma: no cover - huggingface_hub ships with transformers
-        raise ModelLoadError(f"huggingface_hub is needed to download {repo_id}: {err}") from None
-    owner, _, name = repo_id.partition("/")
-    if not all(_HUB_PART.match(part) and ".." not in part for part in (owner, name)):
-        raise ModelLoadError(
-            f"{repo_id!r} is neither a local folder nor a valid Hub id (ORG/NAME: letters, digits, '-', '_', "
-            "'.'; no '..')"
-        )
-    try:
-        patterns = ["config.json"] if config_only else HUB_PATTERNS
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except GatedRepoError:
-        raise ModelLoadError(
-            f"{repo_id} is gated on the Hugging Face Hub: accept its license and log in "
-            "(`hf auth login`), or pass a local folder"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ModelLoadError(f"{repo_id} was not found on the Hugging Face Hub (or is private)") from None
-    except RevisionNotFoundError:
-        raise ModelLoadError(f"{repo_id} has no revision {revision!r}") from None
-    except LocalEntryNotFoundError:
-        raise ModelLoadError(
-            f"cannot reach the Hugging Face Hub to download {repo_id} (offline, HF_HUB_OFFLINE set, or no "
-            "network) and it is not in the local cache; download it where the Hub is reachable and pass "
-            "the local folder instead"
-        ) from None
-    except OSError as err:
-        raise ModelLoadError(
-            f"cannot download {repo_id} from the Hugging Face Hub ({err}); a local folder works too"
-        ) from None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -195,61 +89,6 @@ def build_hybrid_config(base_config: Any, recipe: Any):
     from sleepify.planning import plan_conversion
 
     return plan_conversion(base_config, recipe).hybrid_config()
-
-
-# ------------------------------------------------------------------------------------------------------------
-# streaming safetensors
-
-
-def _read_header(f) -> tuple[dict[str, Any], int]:
-    raw = f.read(8)
-    if len(raw) != 8:
-        raise ModelLoadError(f"{getattr(f, 'name', 'file')} is not a safetensors file (too short)")
-    (n,) = struct.unpack("<Q", raw)
-    header = json.loads(f.read(n))
-    return header, 8 + n
-
-
-def iter_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` of a safetensors file, each read with one ``readinto`` into its own buffer
-    (no memory map, no second copy)."""
-    with open(path, "rb") as f:
-        header, base = _read_header(f)
-        items = sorted(
-            ((k, v) for k, v in header.items() if k != "__metadata__"),
-            key=lambda kv: kv[1]["data_offsets"][0],
-        )
-        for name, info in items:
-            dtype = _ST_DTYPES.get(info["dtype"])
-            if dtype is None:
-                raise ModelLoadError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-            start, end = info["data_offsets"]
-            buf = torch.empty(end - start, dtype=torch.uint8)
-            if end > start:
-                f.seek(base + start)
-                if f.readinto(memoryview(buf.numpy())) != end - start:
-                    raise ModelLoadError(f"{path}: truncated file (tensor {name})")
-            yield name, buf.view(dtype).reshape(info["shape"])
-
-
-def safetensors_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [folder / f for f in sorted(set(weight_map.values()))]
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        return files
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-    if pickles:
-        raise ModelLoadError(
-            f"{folder} has weights only as {', '.join(pickles[:3])} (pickle); "
-            "sleepify reads safetensors only. "
-            "Convert them first, e.g. load with transformers and save_pretrained(safe_serialization=True)"
-        )
-    raise ModelLoadError(f"{folder} holds no *.safetensors weights")
 
 
 def _locate(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -374,73 +213,6 @@ def _materialise_rest(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# writing
-
-
-def _parse_size(size: str | int) -> int:
-    if isinstance(size, int):
-        return size
-    s = size.strip().upper()
-    for unit, mult in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
-
-
-def write_safetensors(
-    tensors: list[tuple[str, torch.Tensor]], folder: Path, max_shard_size: str | int = "5GB"
-) -> list[Path]:
-    """Write safetensors shard(s) (+ ``model.safetensors.index.json`` when sharded), one tensor at a time
-    straight from its memory (no serialised copy of a whole shard)."""
-    limit = _parse_size(max_shard_size)
-    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
-    size = 0
-    for name, t in tensors:
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, t))
-        size += nbytes
-    names = (
-        ["model.safetensors"]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
-    weight_map: dict[str, str] = {}
-    total = 0
-    paths = []
-    for fname, shard in zip(names, shards, strict=True):
-        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for name, t in shard:
-            nbytes = t.numel() * t.element_size()
-            header[name] = {
-                "dtype": _ST_NAMES[t.dtype],
-                "shape": list(t.shape),
-                "data_offsets": [offset, offset + nbytes],
-            }
-            offset += nbytes
-            weight_map[name] = fname
-        total += offset
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        path = folder / fname
-        with open(path, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for _, t in shard:
-                if t.numel():
-                    data = t.detach().contiguous().reshape(-1).view(torch.uint8)
-                    f.write(memoryview(data.numpy()))
-        paths.append(path)
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    return paths
-
-
-# ------------------------------------------------------------------------------------------------------------
 # the command
 
 
@@ -487,6 +259,8 @@ def _resolve_recipe(recipe: Any, source: str, overrides: list[str]) -> Any:
 
         refs = [get_builtin(source).recipe]
     elif recipe is None:
+        from sleepify.models.registry import ALIASES
+
         alias = ALIASES.get(source.lower()) or next((a for a in ALIASES.values() if a.hub_id == source), None)
         if alias is not None:
             refs = [alias.recipe]
@@ -497,7 +271,7 @@ def _resolve_recipe(recipe: Any, source: str, overrides: list[str]) -> Any:
     return load_recipe(refs, overrides)
 
 
-def convert(
+def run_convert(
     source: str | None,
     recipe: Any = None,
     out_dir: str | Path | None = None,
@@ -533,7 +307,7 @@ def convert(
     src = resolve_source(source, rec.model.revision, config_only=dry_run)
     default_out = out_dir is None
     if out_dir is None:
-        out_dir = Path(rec.run.dir) / "convert" if rec.run.dir else Path(runs_root) / src.name / "convert"
+        out_dir = convert_dir(src.name, runs_root, rec.run.dir)
     out_dir = Path(out_dir)
     if not dry_run:
         _check_out_dir(out_dir, overwrite or rec.run.overwrite)
@@ -565,7 +339,7 @@ def convert(
         return _dry_run_result(src.name, described, built, out_dir, overwrite or rec.run.overwrite, log)
     model, plan, as_run = built
     params_before = _count(model.base.parameters())
-    dtype = _DTYPES[rec.model.dtype]
+    dtype = torch_dtype(rec.model.dtype)
     load_base_weights(model, src.folder, dtype=dtype)
     _materialise_rest(model, dtype)
     model.eval()
@@ -607,7 +381,7 @@ def _plan_and_build(base_config: Any, resolved: Any, dry_run: bool) -> tuple[nn.
 
 def _save_recipe(as_run: Any, plan: Any, out_dir: Path) -> None:
     defaults = {k: v for k, v in plan.sources.items() if v != "recipe"}
-    as_run.save(out_dir, stage="convert", extra={"chosen_by_default_rules": defaults})
+    as_run.save(out_dir, stage=STAGES[0], extra={"chosen_by_default_rules": defaults})
 
 
 def _dry_run_result(
@@ -656,7 +430,7 @@ def _finish(
     publish_folder(tmp, out_dir)
     if default_out:
         root = out_dir.parent.parent if not rec.run.dir else Path(runs_root)
-        write_pointer(root / LATEST_POINTER, out_dir)
+        point_latest(root, out_dir)
     if log is not None:
         log(result.report)
     return result
@@ -682,7 +456,7 @@ def _convert_builtin(
     rec.model.source = source  # provenance (see convert)
     default_out = out_dir is None
     if out_dir is None:
-        out_dir = Path(rec.run.dir) / "convert" if rec.run.dir else Path(runs_root) / builtin.name / "convert"
+        out_dir = convert_dir(builtin.name, runs_root, rec.run.dir)
     out_dir = Path(out_dir)
     base_config = builtin.build_config()
     described = (
@@ -702,7 +476,7 @@ def _convert_builtin(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rec.train.seed)
         model = SleepHybridForCausalLM(config)
-    dtype = _DTYPES[rec.model.dtype]
+    dtype = torch_dtype(rec.model.dtype)
     for name, p in model.named_parameters():
         if p.is_floating_point() and not name.endswith(("A_log", "dt_bias")):
             p.data = p.data.to(dtype)
@@ -718,14 +492,6 @@ def _convert_builtin(
         report = _report(builtin.name, described, plan, table, out_dir)
         result = ConvertResult(out_dir, params_before, params_after, report, table, plan, as_run)
         return _finish(result, tmp, default_out, rec, runs_root, log)
-
-
-def latest_run(runs_root: str | Path = "runs") -> Path | None:
-    """The folder ``runs/latest`` points at (the newest ``sleepify convert`` output), or None."""
-    pointer = Path(runs_root) / LATEST_POINTER
-    if not pointer.is_file():
-        return None
-    return Path(pointer.read_text().strip())
 
 
 def _report(name: str, described: str, plan: Any, table: list[dict], out: Path | str) -> str:
@@ -748,3 +514,19 @@ def _report(name: str, described: str, plan: Any, table: list[dict], out: Path |
             f"{'yes' if row['looped'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def plan_convert(
+    source: str | None,
+    recipe: Any = None,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    overrides: Sequence[str] = (),
+    runs_root: str | Path = "runs",
+) -> ConvertResult:
+    """The dry run of :func:`run_convert`: the plan, the block table (from the model built on the meta
+    device), the parameter growth and the report (``.report``); only the config is read, nothing written."""
+    return run_convert(source, recipe, out_dir, overwrite, overrides, None, runs_root, dry_run=True)
+
+
+convert = run_convert  # the name before the stages moved (sleepify.convert.convert)

@@ -1,6 +1,7 @@
 """The generate stage: a model folder (or Hub id) and text prompts (``sleepify generate``,
 ``sleepify.generate``). The model-level streaming generation it drives is :mod:`sleepify.generation`
-(shipped with exported models as remote code; this module is not)."""
+(shipped with exported models as remote code; this module is not). N reaches the model as in train and
+eval: written into its config (:func:`sleepify.sleep.apply_sleep_settings`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import torch
 
 from sleepify.errors import SleepifyError
 from sleepify.generation import GenerationResult, SleepDecoder, generate
+from sleepify.runs import load_model
+from sleepify.sleep import apply_sleep_settings
 
-__all__ = ["generate_text", "load_for_generation"]
+__all__ = ["load_for_generation", "plan_generate", "run_generate"]
 
 
 def load_for_generation(
@@ -30,10 +33,7 @@ def load_for_generation(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtypes = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    from sleepify.model_io import load_model
-
-    net = load_model(folder, dtypes[dtype]).eval()
+    net = load_model(folder, dtype).eval()
     if getattr(net.config, "model_type", None) != "sleep_hybrid":
         raise SleepifyError(f"{folder} is not a sleep-capable model (model_type {net.config.model_type!r})")
     if device == "auto":
@@ -46,7 +46,17 @@ def load_for_generation(
     return net, tokenizer, gen_cfg, device
 
 
-def generate_text(
+def plan_generate(prompts: Sequence[str], *, batch_size: int = 8, passes: int | None = None) -> None:
+    """The checks that need no model: at least one prompt, ``batch_size`` and ``N`` >= 1."""
+    if not prompts:
+        raise SleepifyError("give a prompt")
+    if batch_size < 1:
+        raise SleepifyError("batch_size must be >= 1")
+    if passes is not None and passes < 1:
+        raise SleepifyError(f"N must be >= 1, got {passes}")
+
+
+def run_generate(
     folder: str | Any,
     prompts: Sequence[str],
     *,
@@ -71,14 +81,12 @@ def generate_text(
 
     Example::
 
-        res = generate_text("exported", ["0110=", "1010="], max_new_tokens=4, greedy=True)
+        res = run_generate("exported", ["0110=", "1010="], max_new_tokens=4, greedy=True)
         print(res.texts)
     """
-    if not prompts:
-        raise SleepifyError("give a prompt")
-    if batch_size < 1:
-        raise SleepifyError("batch_size must be >= 1")
+    plan_generate(prompts, batch_size=batch_size, passes=passes)
     net, tokenizer, gen_cfg, device = load_for_generation(folder, device=device, dtype=dtype)
+    apply_sleep_settings(net.config, passes=passes)  # N reaches the model as in train and eval
     do_sample = not greedy and (
         temperature is not None or top_p is not None or top_k is not None or bool(gen_cfg.do_sample)
     )
@@ -90,7 +98,7 @@ def generate_text(
     for first in range(0, len(prompts), batch_size):
         batch = list(prompts[first : first + batch_size])
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        decoder = SleepDecoder(net, backend=backend, passes=passes, compile=compile)
+        decoder = SleepDecoder(net, backend=backend, compile=compile)
         res = generate(
             net, enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
             temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos, stop=stop,
@@ -104,8 +112,11 @@ def generate_text(
         total.prompt_tokens += res.prompt_tokens
     total.settings = {
         "L": int(net.config.sleep_window),
-        "N": int(passes or net.config.sleep_passes),
+        "N": int(net.config.sleep_passes),
         "eviction": str(net.config.eviction),
         "device": str(device),
     }
     return total
+
+
+generate_text = run_generate  # the name before the stages moved (sleepify.generation_stage)

@@ -29,13 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sleepify.errors import SleepifyError
+from sleepify.hub import hub_error, is_transport_error, short_error
 
-__all__ = ["plan_push", "push", "resolve_repo_id", "retry_command"]
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+__all__ = ["plan_push", "retry_command", "run_push"]
 
 
 def _check(folder: Path, repo_id: str) -> None:
@@ -48,7 +44,8 @@ def _check(folder: Path, repo_id: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise SleepifyError(
-            f"--repo must be ORG/NAME or NAME (a Hugging Face model repo id), got {repo_id!r}: {_short(err)}"
+            f"--repo must be ORG/NAME or NAME (a Hugging Face model repo id), got {repo_id!r}: "
+            f"{short_error(err)}"
         ) from None
 
 
@@ -90,7 +87,7 @@ def plan_push(
     revision: str | None = None,
     create_pr: bool = False,
 ) -> str:
-    """What :func:`push` would upload, as text (``sleepify push --dry-run``); the Hub is not contacted."""
+    """What :func:`run_push` would upload, as text (``sleepify push --dry-run``); the Hub is not contacted."""
     folder = Path(folder)
     _check(folder, repo_id)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -104,70 +101,7 @@ def plan_push(
     )
 
 
-def _fail(where: str, retry: str | None, err: BaseException) -> SleepifyError:
-    """One line for a failure to talk to the Hub (:func:`_is_transport_error`), ending with ``retry``."""
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
-
-    tail = f"; the export is untouched; retry with `{retry}`" if retry else ""
-    if isinstance(err, OfflineModeIsEnabled):
-        return SleepifyError(
-            f"cannot push to {where}: HF_HUB_OFFLINE is set{tail}" + (" when online" * bool(tail))
-        )
-    login = "pass --token, set HF_TOKEN or run `hf auth login`"
-    if isinstance(err, LocalTokenNotFoundError):
-        return SleepifyError(f"cannot push to {where}: no Hugging Face token ({login}){tail}")
-    if isinstance(err, HfHubHTTPError):
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        hint = (
-            f"the token is missing, invalid or cannot write there ({login})"
-            if status in (401, 403)
-            else _short(err)
-        )
-        return SleepifyError(f"cannot push to {where} (HTTP {status}): {hint}{tail}")
-    return SleepifyError(f"cannot reach the Hugging Face Hub to push {where} ({_short(err)}){tail}")
-
-
-def _is_transport_error(err: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
-
-    if isinstance(
-        err,
-        (
-            OfflineModeIsEnabled,
-            LocalTokenNotFoundError,
-            HfHubHTTPError,
-            ConnectionError,
-            TimeoutError,
-            OSError,
-        ),
-    ):
-        return True
-    # httpx / requests transport errors are not OSErrors
-    return type(err).__module__.startswith(("httpx", "httpcore", "requests", "urllib3"))
-
-
-def resolve_repo_id(repo_id: str, token: str | None = None) -> str:
-    """``ORG/NAME`` as it is; a bare ``NAME`` in the namespace of the token's owner (``HfApi.whoami``, as
-    ``huggingface_hub`` resolves it). A Hub failure raises a one-line :class:`SleepifyError`.
-
-    Example::
-
-        repo_id = resolve_repo_id("tiny-sleep")  # "me/tiny-sleep"
-    """
-    if "/" in repo_id:
-        return repo_id
-    from huggingface_hub import HfApi
-
-    try:
-        owner = HfApi(token=token or os.environ.get("HF_TOKEN") or None).whoami()["name"]
-    except Exception as err:
-        if not _is_transport_error(err):
-            raise
-        raise _fail(f"{repo_id} (the token owner's namespace)", None, err) from None
-    return f"{owner}/{repo_id}"
-
-
-def push(
+def run_push(
     folder: str | Path,
     repo_id: str,
     private: bool = False,
@@ -212,9 +146,9 @@ def push(
             create_pr=create_pr or None,
         )
     except Exception as err:
-        if not _is_transport_error(err):
+        if not is_transport_error(err):
             raise
-        raise _fail(where, retry, err) from None
+        raise hub_error(where, retry, err) from None
     url = str(url)
     pr_url = getattr(commit, "pr_url", None) if create_pr else None
     if log is not None:
@@ -223,3 +157,6 @@ def push(
         else:
             log(f"pushed {folder} to {url}" + (f" (revision {revision})" if revision else ""))
     return str(pr_url) if pr_url else url
+
+
+push = run_push  # the name before the stages moved (sleepify.hub.push)

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from sleepify.errors import SleepifyError
+from sleepify.fsutil import human_size
 from sleepify.models.compat import cache_kwargs
 
 __all__ = [
@@ -104,11 +105,11 @@ class BenchModelSpec:
 
 
 def build_bench_model(out_dir: str | Path, spec: BenchModelSpec | None = None) -> Path:
-    """Write the base model (``out_dir/base``) and convert it (``out_dir/convert``); returns the latter."""
+    """Write the base model (``out_dir/base``) and convert it (``out_dir/hybrid``); returns the latter."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from sleepify.convert import convert
     from sleepify.data.tokenizer import build_char_tokenizer
+    from sleepify.stages.convert import run_convert as convert
 
     spec = spec or BenchModelSpec()
     out_dir = Path(out_dir)
@@ -139,7 +140,7 @@ def build_bench_model(out_dir: str | Path, spec: BenchModelSpec | None = None) -
         f"sleep.passes={spec.passes}",
         f"train.seed={spec.seed}",
     ]
-    result = convert(str(out_dir / "base"), out_dir=out_dir / "convert", overrides=overrides, log=None)
+    result = convert(str(out_dir / "base"), out_dir=out_dir / "hybrid", overrides=overrides, log=None)
     return Path(result.out_dir)
 
 
@@ -428,6 +429,28 @@ def _device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def plan_bench(
+    contexts: Sequence[int] | None = None,
+    quick: bool = False,
+    steps: int | None = None,
+    repeats: int | None = None,
+    device: str | None = "auto",
+) -> dict[str, Any]:
+    """The settings :func:`run_bench` runs with (``quick``: short contexts, fewer steps and repeats),
+    checked: one line for a bad count or a CUDA device that is not there."""
+    contexts = list(contexts) if contexts else list(QUICK_CONTEXTS if quick else DEFAULT_CONTEXTS)
+    if any(int(c) < 1 for c in contexts):
+        raise SleepifyError("give at least one positive context length")
+    if device not in (None, "auto", "cpu") and device.startswith("cuda") and not torch.cuda.is_available():
+        raise SleepifyError("--device cuda: no CUDA device is available")
+    return {
+        "contexts": contexts,
+        "steps": steps if steps is not None else (8 if quick else 32),
+        "repeats": repeats if repeats is not None else (1 if quick else 5),
+        "device": device,
+    }
+
+
 def run_bench(
     model_dir: str | Path | None = None,
     contexts: Sequence[int] = DEFAULT_CONTEXTS,
@@ -550,10 +573,6 @@ def _measure(
     }
 
 
-def _mb(n: int | None) -> str:
-    return "–" if n is None else f"{n / 2**20:,.2f}"
-
-
 def format_report(res: dict[str, Any]) -> str:
     """The result of :func:`run_bench` as Markdown tables."""
     m = res["model"]
@@ -598,8 +617,9 @@ def format_report(res: dict[str, Any]) -> str:
     ]
     for s, b in zip(res["decode"]["sleepify"], res["decode"]["base"], strict=True):
         lines.append(
-            f"| {s['context']:,} | {_mb(s['state_bytes'])} | {_mb(b['state_bytes'])} | "
-            f"{_mb(s['rss_delta_bytes'])} | {_mb(b['rss_delta_bytes'])} |"
+            f"| {s['context']:,} | {human_size(s['state_bytes'], 'MB')} | "
+            f"{human_size(b['state_bytes'], 'MB')} | {human_size(s['rss_delta_bytes'], 'MB')} | "
+            f"{human_size(b['rss_delta_bytes'], 'MB')} |"
         )
     lines += [
         "",

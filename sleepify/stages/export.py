@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sleepify.errors import SleepifyError
+from sleepify.evaluation.report import EVAL_FILE
 from sleepify.fsutil import (
     RunLock,
     check_free_space,
@@ -45,6 +46,18 @@ from sleepify.fsutil import (
     tensor_bytes,
 )
 from sleepify.remote_code import AUTO_MAP, write_remote_code
+from sleepify.runs import (
+    DTYPE_ALIASES,
+    DTYPES,
+    EVAL_DIR,
+    STAGES,
+    eval_report_files,
+    load_model,
+    read_provenance,
+    resolve_run,
+    stage_recipe_files,
+    torch_dtype,
+)
 
 __all__ = [
     "ExportResult",
@@ -53,13 +66,9 @@ __all__ = [
     "export",
     "hub_repo_id",
     "model_card",
-    "read_provenance",
-    "resolve_run",
+    "plan_export",
+    "run_export",
 ]
-
-STAGES = ("convert", "warmup", "train")
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-EVAL_DIRS = ("eval",)
 
 
 @dataclass
@@ -74,44 +83,6 @@ class ExportResult:
 
 # ------------------------------------------------------------------------------------------------------------
 # finding the run and what it recorded
-
-
-def resolve_run(source: str | Path | None, runs_root: str | Path = "runs") -> tuple[Path, Path | None]:
-    """``(model folder, run folder)`` of ``source``: a model folder (``config.json``), a stage folder
-    holding ``model/``, a run folder ``runs/<name>`` (its latest stage: train, then warmup, then convert),
-    or None (the model ``runs/latest`` points at). The run folder is None when it cannot be told."""
-    from sleepify.convert import latest_run
-
-    if source is None:
-        latest = latest_run(runs_root)
-        if latest is None:
-            raise SleepifyError(
-                "no run given and runs/latest does not exist: pass RUN (a run or model folder)"
-            )
-        source = latest
-    path = Path(source)
-    if not path.exists():
-        raise SleepifyError(f"no such run or model folder: {path}")
-    if (path / "config.json").is_file():
-        model = path
-    elif (path / "model" / "config.json").is_file():
-        model = path / "model"
-    else:
-        for stage in reversed(STAGES):
-            for cand in (path / stage / "model", path / stage):
-                if (cand / "config.json").is_file():
-                    model = cand
-                    break
-            else:
-                continue
-            break
-        else:
-            raise SleepifyError(f"{path} holds no model (no config.json, model/ or stage folder)")
-    model = model.resolve()
-    # runs/<name>/convert (a model folder) or runs/<name>/<stage>/model
-    stage_dir = model.parent if model.name == "model" else model
-    run = stage_dir.parent if stage_dir.name in STAGES else None
-    return model, run
 
 
 def plan_export(
@@ -145,32 +116,11 @@ def plan_export(
     return "\n".join(lines)
 
 
-def read_provenance(recipe_file: Path) -> dict[str, Any]:
-    """The ``# provenance`` comment header of a ``recipe.yaml`` (sleepify version, stage, created,
-    sources, overrides) plus the recipe itself under ``"recipe"``."""
-    import yaml
-
-    from sleepify.config.loader import read_provenance as read_header
-
-    text = recipe_file.read_text()
-    header = read_header(recipe_file)
-    try:
-        recipe = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
-        recipe = {}
-    return {**header, "recipe": recipe, "file": str(recipe_file)}
-
-
 def _stage_recipes(model_dir: Path, run_dir: Path | None) -> list[dict[str, Any]]:
     """The provenance of every stage of the run, in pipeline order (convert -> warmup -> train)."""
     found: list[dict[str, Any]] = []
     seen: set[Path] = set()
-    candidates: list[Path] = []
-    if run_dir is not None:
-        for stage in STAGES:
-            candidates += [run_dir / stage / "recipe.yaml", run_dir / stage / "model" / "recipe.yaml"]
-    candidates.append(model_dir / "recipe.yaml")
-    for cand in candidates:
+    for cand in stage_recipe_files(model_dir, run_dir):
         if not cand.is_file():
             continue
         info = read_provenance(cand)
@@ -191,15 +141,7 @@ def _stage_recipes(model_dir: Path, run_dir: Path | None) -> list[dict[str, Any]
 
 def _find_eval(model_dir: Path, run_dir: Path | None) -> Path | None:
     """The newest ``eval.json`` of the run (``<run>/eval/eval.json``, ``<stage>/eval/eval.json``, ...)."""
-    roots = [model_dir, model_dir.parent] + ([run_dir] if run_dir is not None else [])
-    found = []
-    for root in roots:
-        for name in EVAL_DIRS:
-            cand = root / name / "eval.json"
-            if cand.is_file():
-                found.append(cand)
-        if (root / "eval.json").is_file():
-            found.append(root / "eval.json")
+    found = [f for f in eval_report_files(model_dir, run_dir) if f.is_file()]
     if not found:
         return None
     return max(found, key=lambda p: p.stat().st_mtime)
@@ -316,7 +258,7 @@ def _base_model(stages: list[dict[str, Any]], model_dir: Path, config: Any) -> d
     Hub download is read from the Hub cache (``models--ORG--NAME/snapshots/...``), so a source shaped like
     ``a/b`` whose base was read from any other folder was a local relative path, not a Hub id. Runs that
     recorded no source fall back to ``_name_or_path`` alone. ``hub_id`` is only ever a real Hub id."""
-    from sleepify.convert import BUILTIN_PREFIX
+    from sleepify.hub import BUILTIN_PREFIX
     from sleepify.models.registry import ALIASES
 
     source, revision = "", None
@@ -599,7 +541,7 @@ def _recipe_export_section(model_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def export(
+def run_export(
     source: str | Path | None,
     out: str | Path,
     dtype: str | None = None,
@@ -613,9 +555,10 @@ def export(
     revision: str | None = None,
     create_pr: bool = False,
 ) -> ExportResult:
-    """Export the model of ``source`` (see :func:`resolve_run`) into ``out``; then push it to the Hub when
-    ``push_to_hub`` (``ORG/NAME`` or a bare ``NAME``: the token owner's namespace) is given, with
-    ``private`` / ``token`` / ``revision`` / ``create_pr`` as :func:`sleepify.hub.push` takes them.
+    """Export the model of ``source`` (see :func:`sleepify.runs.resolve_run`) into ``out``; then push it to
+    the Hub when ``push_to_hub`` (``ORG/NAME`` or a bare ``NAME``: the token owner's namespace) is given,
+    with ``private`` / ``token`` / ``revision`` / ``create_pr`` as :func:`~sleepify.stages.push.run_push`
+    takes them.
     ``dtype`` / ``max_shard_size`` / ``push_to_hub`` / ``private`` default to the run recipe's ``export``
     section. The card's usage snippet loads the Hub repo when pushing, else the folder ``out``.
 
@@ -623,18 +566,17 @@ def export(
 
         result = export("runs/tiny", "exports/tiny-sleep", dtype="bf16", push_to_hub="tiny-sleep")
     """
-    import torch
     from transformers import AutoTokenizer, GenerationConfig
 
     import sleepify  # noqa: F401  (registers the model types)
 
     model_dir, run_dir = resolve_run(source, runs_root)
     section = _recipe_export_section(model_dir)
-    dtype = DTYPES.get(dtype or "", dtype) or section.get("dtype") or None
+    dtype = DTYPE_ALIASES.get(dtype or "", dtype) or section.get("dtype") or None
     max_shard_size = max_shard_size or section.get("max_shard_size") or "5GB"
     push_to_hub = push_to_hub or section.get("push_to_hub")
     private = bool(section.get("private", False)) if private is None else private
-    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+    if dtype is not None and dtype not in DTYPES:
         raise SleepifyError(f"export dtype must be bf16, fp16 or fp32, got {dtype!r}")
 
     out = Path(out)
@@ -643,15 +585,13 @@ def export(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
 
-    from sleepify.model_io import load_model
-
     model = load_model(model_dir, "auto")
     if getattr(model.config, "model_type", None) != "sleep_hybrid":
         raise SleepifyError(
             f"{model_dir} is not a sleep-capable model (model_type {model.config.model_type!r})"
         )
     if dtype is not None:
-        model = model.to(getattr(torch, dtype))
+        model = model.to(torch_dtype(dtype))
     dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
     model.config.dtype = dtype_name
     stages = _stage_recipes(model_dir, run_dir)
@@ -698,10 +638,10 @@ def export(
                 if log is not None:
                     log(f"warning: {eval_file} is not valid JSON ({err}); the card has no evaluation")
             if eval_data is not None:
-                (tmp / "eval").mkdir()
-                shutil.copy2(eval_file, tmp / "eval" / "eval.json")
+                (tmp / EVAL_DIR).mkdir()
+                shutil.copy2(eval_file, tmp / EVAL_DIR / EVAL_FILE)
                 for png in sorted(eval_file.parent.glob("*.png")):
-                    shutil.copy2(png, tmp / "eval" / png.name)
+                    shutil.copy2(png, tmp / EVAL_DIR / png.name)
                     plots.append(f"eval/{png.name}")
         run_name = run_dir.name if run_dir is not None else None
         card = model_card(
@@ -713,9 +653,9 @@ def export(
     if log is not None:
         log(f"exported {model_dir} -> {out} ({dtype_name}, shards <= {max_shard_size})")
     if push_to_hub:
-        from sleepify.hub import push
+        from sleepify.stages.push import run_push
 
-        result.pushed = push(
+        result.pushed = run_push(
             out,
             card_repo or push_to_hub,
             private=private,
@@ -725,3 +665,6 @@ def export(
             log=log,
         )
     return result
+
+
+export = run_export  # the name before the stages moved (sleepify.export.export)
