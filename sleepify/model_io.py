@@ -1,0 +1,7 @@
+"""Deprecated: moved to sleepify.runs.
+
+Every name still resolves, with a DeprecationWarning (docs/architecture.md, "Moved modules")."""
+
+from sleepify._moved import forward
+
+__getattr__ = forward(__name__, ("sleepify.runs",))
