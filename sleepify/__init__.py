@@ -8,8 +8,9 @@ transformers`` finishes (every way to load a model goes through it). ``import sl
 ``sleepify --help``, stays cheap. ``register_models()`` registers explicitly.
 
 The stages are functions (docs/python-api.md): ``sleepify.convert``, ``warmup``, ``train``,
-``evaluate``, ``export``, ``generate``, ``push`` and ``plan`` (a dry run), loaded on first use so that
-``import sleepify`` stays light.
+``evaluate``, ``export``, ``generate``, ``push``, ``make_data``, ``bench``, ``plan`` (a dry run) and ``run``
+(a plan), loaded on first use so that ``import sleepify`` stays light; they are ``sleepify/api.py``, a
+façade over ``sleepify/stages/``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,23 @@ from typing import Any
 
 __version__ = "0.1.0.dev0"
 
-API = ("convert", "warmup", "train", "evaluate", "export", "generate", "push", "plan")
-# `sleepify.convert` and `sleepify.export` are also modules: importing them sets the package attribute to
-# the module, which would hide the function. Those two modules are made callable (calling one runs the
-# API function), so `sleepify.convert(...)`, `import sleepify.convert as m` and `m.X` all keep working.
+API = (
+    "convert",
+    "warmup",
+    "train",
+    "evaluate",
+    "export",
+    "generate",
+    "push",
+    "plan",
+    "run",
+    "make_data",
+    "bench",
+)
+# `sleepify.convert` and `sleepify.export` are also modules (deprecated stubs forwarding to
+# sleepify.stages): importing them sets the package attribute to the module, which would hide the
+# function. Those two modules are made callable (calling one runs the API function), so
+# `sleepify.convert(...)`, `import sleepify.convert as m` and `m.X` all keep working.
 _CALLABLE_MODULES = ("convert", "export")
 
 

@@ -2,7 +2,7 @@
 
 - :func:`resolve_source`: an alias (``sleepify/models/registry.py``), a local folder or a Hub id -> a local
   folder holding ``config.json`` (a Hub id is downloaded with ``snapshot_download``, config, tokenizer and
-  safetensors files only); ``builtin:NAME`` is a built-in model initialised from scratch;
+  safetensors files only; ``builtin:NAME`` sources are the convert stage's own);
 - :func:`resolve_repo_id`: ``ORG/NAME`` or a bare ``NAME`` in the token owner's namespace;
 - the one-line errors for every way talking to the Hub fails (used by ``push`` and ``export``).
 
@@ -20,7 +20,7 @@ from typing import Any
 from sleepify.errors import ModelLoadError, SleepifyError
 from sleepify.models.registry import ALIASES, ModelAlias, get_alias
 
-__all__ = ["BUILTIN_PREFIX", "HUB_PATTERNS", "Source", "resolve_repo_id", "resolve_source"]
+__all__ = ["HUB_PATTERNS", "Source", "resolve_repo_id", "resolve_source"]
 
 HUB_PATTERNS = [
     "*.json",
@@ -32,7 +32,6 @@ HUB_PATTERNS = [
     "vocab.txt",
     "*.jinja",
 ]
-BUILTIN_PREFIX = "builtin:"  # model.source builtin:NAME = a built-in model initialised from scratch
 
 
 @dataclass

@@ -50,8 +50,9 @@ from sleepify.fsutil import (
     staging,
     tensor_bytes,
 )
-from sleepify.hub import BUILTIN_PREFIX, resolve_source
+from sleepify.hub import resolve_source
 from sleepify.layers.gates import spread_rate_min
+from sleepify.models.scratch.builtin import BUILTIN_PREFIX  # builtin:NAME: initialised from scratch
 from sleepify.runs import STAGES, convert_dir, point_latest, torch_dtype
 from sleepify.weights_io import iter_safetensors, safetensors_files, write_safetensors
 

@@ -19,7 +19,6 @@ from sleepify.evaluation.metrics import EXACT_MATCH_MODES, EvalError
 from sleepify.evaluation.report import SCHEMA_VERSION, check_report_folder, label_results, write_report
 from sleepify.evaluation.scoring import REQUIRED_COLUMNS, evaluate, evaluate_lm
 from sleepify.runs import eval_dir, load_model, resolve_model_dir, run_name, stored_recipe
-from sleepify.sleep import apply_sleep_settings
 from sleepify.stages.common import quiet_library_bars
 
 __all__ = ["plan_eval", "run_eval"]
@@ -73,6 +72,7 @@ def run_eval(
 
     from sleepify import __version__
     from sleepify.config import load_recipe
+    from sleepify.sleep import apply_sleep_settings
 
     model_dirs = [resolve_model_dir(s, runs_root) for s in (list(sources) or [None])]
     out_dir = check_report_folder(out if out else eval_dir(model_dirs[0]))

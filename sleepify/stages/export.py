@@ -258,8 +258,8 @@ def _base_model(stages: list[dict[str, Any]], model_dir: Path, config: Any) -> d
     Hub download is read from the Hub cache (``models--ORG--NAME/snapshots/...``), so a source shaped like
     ``a/b`` whose base was read from any other folder was a local relative path, not a Hub id. Runs that
     recorded no source fall back to ``_name_or_path`` alone. ``hub_id`` is only ever a real Hub id."""
-    from sleepify.hub import BUILTIN_PREFIX
     from sleepify.models.registry import ALIASES
+    from sleepify.models.scratch.builtin import BUILTIN_PREFIX
 
     source, revision = "", None
     for st in stages:

@@ -49,7 +49,6 @@ from sleepify.runs import (
     stage_dir,
     stored_recipe,
 )
-from sleepify.sleep import CONFIG_FIELDS, apply_sleep_settings
 from sleepify.stages.common import quiet_library_bars
 
 log = logging.getLogger(__name__)
@@ -114,6 +113,8 @@ def _config_sleep_settings(model_dir: Path, recipes: Sequence[str], overrides: R
     """``sleep.window / passes / eviction`` from ``config.json`` as overrides, for a model folder that
     has no stored recipe (the schema's defaults, e.g. a 2048-token window, would silently replace the
     model's own settings); the caller's recipes and overrides still win."""
+    from sleepify.sleep import CONFIG_FIELDS  # torch: only where a model folder lacks its recipe
+
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError):
@@ -313,6 +314,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     import torch
     from transformers import AutoTokenizer
 
+    from sleepify.sleep import apply_sleep_settings
     from sleepify.training.loop import close_distributed, init_distributed, train
     from sleepify.training.parallel import check_fsdp_supported, full_model_state
     from sleepify.training.passes import PassesSchedule
