@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
+from sleepify.config.dtypes import DTYPES
 from sleepify.errors import SleepifyError
 from sleepify.fsutil import human_size
-from sleepify.runs import DTYPES
 
 __all__ = ["ConversionPlan", "plan_conversion"]
 

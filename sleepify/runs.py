@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sleepify.config.dtypes import DTYPE_ALIASES, DTYPES
 from sleepify.config.loader import RESOLVED_RECIPE_FILE
 from sleepify.errors import ModelLoadError, SleepifyError
 
@@ -51,10 +52,6 @@ LATEST_POINTER = "latest"  # runs/latest: one line, the path of the newest model
 MODEL_DIR = "model"  # <run>/<stage>/model (convert writes its model folder as the stage folder itself)
 EVAL_DIR = "eval"
 RECIPE_FILE = RESOLVED_RECIPE_FILE
-
-# The one dtype table: recipe names, their short forms (``--dtype bf16``) and bytes per element.
-DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def dtype_name(name: str) -> str:

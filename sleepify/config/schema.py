@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sleepify.config.dtypes import DtypeName
+
 
 class Section(BaseModel):
     # strict: "3" is not an int and 1 is not a bool; ints are still accepted where a float is expected.
@@ -22,7 +24,7 @@ class ModelSection(Section):
 
     source: str = Field("", description="alias (e.g. ouro-1.4b), Hub id, local folder, or builtin:NAME")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype on load")
+    dtype: DtypeName = Field("float32", description="weights dtype on load")
     attn_implementation: str = Field(
         "sdpa",
         description="attention of the converted model: sdpa (sleepify's window attention op: SDPA, or "
@@ -222,7 +224,7 @@ class EvalSection(Section):
 
 class ExportSection(Section):
     max_shard_size: str = Field("5GB")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32")
+    dtype: DtypeName = Field("float32")
     push_to_hub: str | None = Field(None, description="ORG/NAME to upload to after export")
     private: bool = Field(False)
 
