@@ -41,7 +41,9 @@ from sleepify.sleep import (
     run_window,
 )
 
-__all__ = ["GenerationResult", "SleepCache", "SleepDecoder", "generate", "sample_next"]
+__all__ = ["GenerationResult", "SleepCache", "SleepDecoder", "SleepStreams", "generate", "sample_next"]
+
+ROLLBACK = 64  # columns a stream can undo (crop) at least, beyond its open window
 
 
 class SleepDecoder:
@@ -74,26 +76,60 @@ class SleepDecoder:
         self.sleeps = 0  # consolidations run so far
         self._incremental = incremental_ok(self.stack, self.settings)
         self._step_stack = _compiled_stack(model, compile) if compile else None
+        # the windows slept most recently, as (entry state, columns, mask), so that crop() can roll back
+        # into them: as many as it takes to hold ROLLBACK columns
+        self._closed: list[tuple[SleepState, Tensor, Tensor | None]] = []
 
-    # ------------------------------------------------------------------ bookkeeping
-    @property
-    def offset(self) -> int:
-        """Columns (tokens, padding included) fed so far."""
-        return 0 if self.window is None else self.window.offset
+    def fork(self, index: Tensor | None = None) -> SleepDecoder:
+        """A new stream with this one's model and settings: empty (``index`` None) or holding the rows
+        ``index`` of this stream (copied; this stream is left as it is)."""
+        new = object.__new__(SleepDecoder)
+        new.__dict__.update(self.__dict__)
+        new.window, new.sleeps, new._closed = None, 0, []
+        if index is not None:
+            new.window = None if self.window is None else _map_rows(self.window, index)
+            new.sleeps = self.sleeps
+            new._closed = [
+                (_map_state(e, index), ids[index], _rows_or_none(m, index)) for e, ids, m in self._closed
+            ]
+        return new
 
-    @property
-    def batch_size(self) -> int | None:
-        return None if self.window is None else int(self.window.input_ids.shape[0])
+    def _close(self, state: SleepState, ids: Tensor, mask: Tensor | None, entry: SleepState) -> None:
+        """Bookkeeping of a slept window (``entry`` -> ``state`` over ``ids``): open the next one."""
+        self._closed.append((entry, ids, mask))
+        while sum(c[1].shape[1] for c in self._closed[1:]) >= ROLLBACK:
+            self._closed.pop(0)
+        self.window = open_window(state, ids.shape[0], ids.device)
+        self.sleeps += 1
 
-    def reset(self) -> None:
-        self.window = None
-        self.sleeps = 0
-
-    def select_rows(self, index: Tensor) -> None:
-        """Keep / reorder batch rows (``index [B']`` long), e.g. for beam search."""
-        if self.window is None:
-            return
-        self.window = _map_rows(self.window, index)
+    @torch.no_grad()
+    def crop(self, n: int) -> None:
+        """Forget the last ``n`` columns fed, as if they never were (assisted decoding rejects drafted
+        tokens this way). The open window is recomputed from the state that entered it; a window that
+        already slept is reopened from what entered it (the last ``ROLLBACK`` columns can be undone, at
+        least one window). Further back raises."""
+        if n < 0:
+            raise ValueError(f"crop takes a number of columns >= 0, got {n}")
+        while n > 0:
+            w = self.window
+            if w is not None and n <= w.length:
+                entry, ids, mask = w.entry, w.input_ids, w.attention_mask
+            elif w is not None and self._closed:  # the open window goes, and some of the one before
+                n -= w.length
+                entry, ids, mask = self._closed.pop()
+                self.sleeps -= 1
+            else:
+                held = 0 if w is None else w.length + sum(c[1].shape[1] for c in self._closed)
+                raise SleepifyError(
+                    f"cannot undo {n} more tokens of a sleep-capable stream: only the last {held} can be "
+                    "(the windows before them have slept and are gone)"
+                )
+            keep = ids.shape[1] - min(n, ids.shape[1])
+            n -= ids.shape[1] - keep
+            self.window = open_window(entry, ids.shape[0], ids.device)
+            if keep:
+                m = None if mask is None else mask[:, :keep]
+                _, self.window = extend_window(self.stack, self.settings, self.window, ids[:, :keep], m)
 
     # ------------------------------------------------------------------ feeding
     @torch.no_grad()
@@ -124,8 +160,10 @@ class SleepDecoder:
         last: Tensor | None = None
         while pos < T:
             if self.window.length == L:  # full, and another token arrives: sleep, evict, new window
-                self.window = open_window(close_window(self.stack, self.settings, self.window), B, device)
-                self.sleeps += 1
+                w = self.window
+                self._close(
+                    close_window(self.stack, self.settings, w), w.input_ids, w.attention_mask, w.entry
+                )
             n = min(L - self.window.length, T - pos)
             ids = input_ids[:, pos : pos + n]
             mask = None if attention_mask is None else attention_mask[:, pos : pos + n]
@@ -133,9 +171,9 @@ class SleepDecoder:
             if logits != "all" and self.window.length == 0 and n == L and remaining > 0:
                 # a whole window that sleeps before any of its logits are needed: consolidate directly
                 rows = torch.ones(B, dtype=torch.bool, device=device)
-                _, _, state, _ = run_window(self.stack, self.settings, ids, mask, self.window.entry, rows)
-                self.window = open_window(state, B, device)
-                self.sleeps += 1
+                entry = self.window.entry
+                _, _, state, _ = run_window(self.stack, self.settings, ids, mask, entry, rows)
+                self._close(state, ids, mask, entry)
             elif logits == "all" and not self._incremental and n > 1:
                 # the wake forward is not causal across its passes here (see incremental_ok): every
                 # column's logits come from the window that ends at that column
@@ -171,27 +209,36 @@ def _compiled_stack(model: Any, compile: bool | str) -> Any:
     return stack
 
 
+def _rows_or_none(x: Any, index: Tensor) -> Any:
+    """``x`` (tensors with batch first, tuples / named tuples / dicts of them) with the rows ``index``."""
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        return x.index_select(0, index.to(x.device))
+    if isinstance(x, tuple):
+        parts = (_rows_or_none(t, index) for t in x)
+        return type(x)(*parts) if hasattr(x, "_fields") else tuple(parts)
+    if isinstance(x, dict):
+        return {k: _rows_or_none(v, index) for k, v in x.items()}
+    return x
+
+
+def _map_state(state: SleepState, index: Tensor) -> SleepState:
+    return SleepState(
+        mixers=_rows_or_none(state.mixers, index),
+        kv=_rows_or_none(state.kv, index),
+        kv_index=state.kv_index,
+        kv_valid=_rows_or_none(state.kv_valid, index),
+        offset=state.offset,
+        seen=_rows_or_none(state.seen, index),
+    )
+
+
 def _map_rows(window: OpenWindow, index: Tensor) -> OpenWindow:
     def rows(x: Any) -> Any:
-        if x is None:
-            return None
-        if isinstance(x, Tensor):
-            return x.index_select(0, index.to(x.device))
-        if isinstance(x, tuple):
-            return type(x)(*(rows(t) for t in x)) if hasattr(x, "_fields") else tuple(rows(t) for t in x)
-        if isinstance(x, dict):
-            return {k: rows(v) for k, v in x.items()}
-        return x
+        return _rows_or_none(x, index)
 
-    entry = window.entry
-    new_entry = SleepState(
-        mixers=rows(entry.mixers),
-        kv=rows(entry.kv),
-        kv_index=entry.kv_index,
-        kv_valid=rows(entry.kv_valid),
-        offset=entry.offset,
-        seen=rows(entry.seen),
-    )
+    new_entry = _map_state(window.entry, index)
     # preallocated K/V buffers are copied row by row (index_select), so the old window's are never written to
     buffers = {key: KVBuffer(rows(b.key), rows(b.value), b.length) for key, b in window.kv_buffers.items()}
     kv = rows({key: val for key, val in window.kv.items() if key not in buffers})
@@ -211,32 +258,192 @@ def _map_rows(window: OpenWindow, index: Tensor) -> OpenWindow:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# a batch of streams, each row with its own windows
+
+
+class SleepStreams:
+    """A batch of token streams in which every row's windows count its own real tokens (a row computes
+    what it computes alone, whatever its padding and its batch-mates).
+
+    ``feed(input_ids, attention_mask)`` takes ``[B, T]`` columns; a column whose mask is 0 is no token of
+    its row (padding: left, right or anywhere). Rows sit in groups, each a :class:`SleepDecoder` fed only
+    real tokens, so its windows are every row's own; a group holds rows that were always fed the same
+    number of tokens (generation feeds one per row per step, so a group stays whole). A feed that gives
+    the rows of a group different numbers of tokens splits it. ``template``: the decoder whose model and
+    settings (``backend``, ``passes``, ``compile``, ...) every group uses (built from ``model`` and
+    ``decoder_kwargs`` when not given)."""
+
+    def __init__(self, model: Any = None, template: SleepDecoder | None = None, **decoder_kwargs: Any):
+        if template is None:
+            if model is None:
+                raise ValueError("SleepStreams needs a model or a template SleepDecoder")
+            template = SleepDecoder(model, **decoder_kwargs)
+        self.template = template
+        self.settings = template.settings
+        self.reset()
+
+    def reset(self) -> None:
+        self.groups: list[tuple[Tensor, SleepDecoder]] = []  # (rows [b] long, their stream)
+        self.real: Tensor | None = None  # [B, C] bool: which columns fed so far were tokens of their row
+
+    @property
+    def columns(self) -> int:
+        """Columns fed so far (padding included): what transformers calls the cache's sequence length."""
+        return 0 if self.real is None else int(self.real.shape[1])
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.real is None else int(self.real.shape[0])
+
+    def _per_row(self, value: Callable[[SleepDecoder], Any], default: int = 0) -> Tensor:
+        out = torch.full((self.batch_size or 0,), default, dtype=torch.long)
+        for rows, dec in self.groups:
+            out[rows.cpu()] = torch.as_tensor(value(dec), dtype=torch.long).cpu()
+        return out
+
+    @property
+    def sleeps(self) -> int:
+        """Windows slept by the row that slept most."""
+        return int(self._per_row(lambda d: d.sleeps).max()) if self.groups else 0
+
+    @property
+    def seen(self) -> Tensor:
+        """``[B]`` real tokens fed to each row."""
+        return self.real.sum(1) if self.real is not None else torch.zeros(0, dtype=torch.long)
+
+    @property
+    def window_fill(self) -> Tensor:
+        """``[B]`` tokens in each row's open window (``L``: full; the row sleeps when its next one comes)."""
+        return self._per_row(lambda d: 0 if d.window is None else d.window.length)
+
+    def _split(self, counts: Tensor) -> list[tuple[Tensor, SleepDecoder, int]]:
+        """The groups cut so that every row of one gets ``counts[row]`` tokens: ``(rows, stream, count)``."""
+        out = []
+        for rows, dec in self.groups:
+            c = counts[rows]
+            values = c.unique()
+            for v in values.tolist():
+                pick = (c == v).nonzero()[:, 0]
+                sub = dec if len(values) == 1 else dec.fork(pick)
+                out.append((rows[pick], sub, v))
+        return out
+
+    @torch.no_grad()
+    def feed(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, logits: str = "last"
+    ) -> Tensor | None:
+        """Append ``input_ids [B, T]`` (``attention_mask`` 1 = a token of its row, 0 = padding).
+
+        ``logits``: ``"all"`` ``[B, T, V]`` (every token's awake logits, in its column; padding columns
+        hold zeros), ``"last"`` ``[B, 1, V]`` (each row's last token of this feed; zeros for a row fed
+        none) or ``"none"``."""
+        if logits not in ("last", "all", "none"):
+            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        B, T = input_ids.shape
+        device = input_ids.device
+        mask = torch.ones(B, T, dtype=torch.bool, device=device)
+        if attention_mask is not None:
+            mask = attention_mask.to(device=device, dtype=torch.bool)
+        if self.real is None:
+            self.groups = [(torch.arange(B, device=device), self.template.fork())]
+            self.real = mask.new_zeros(B, 0)
+        elif self.batch_size != B:
+            raise ValueError(f"the stream has batch size {self.batch_size}, got {B} rows")
+        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # each row's tokens first
+        packed = input_ids.gather(1, order)
+        out: Tensor | None = None
+        split = self._split(mask.sum(1))
+        self.groups = [(rows, dec) for rows, dec, _ in split]
+        for rows, dec, n in split:
+            if n == 0:
+                continue
+            got = dec.feed(packed[rows, :n], None, logits=logits)
+            if got is None:
+                continue
+            if out is None:
+                out = got.new_zeros(B, T if logits == "all" else 1, got.shape[-1])
+            if logits == "all":
+                out[rows[:, None], order[rows, :n]] = got
+            else:
+                out[rows] = got
+        self.real = torch.cat([self.real, mask], 1)
+        if out is None and logits != "none":
+            vocab = self.template.model.config.vocab_size
+            out = torch.zeros(B, T if logits == "all" else 1, vocab, device=device)
+        return out
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep / reorder / repeat rows: new row ``j`` is old row ``index[j]`` (beam search)."""
+        if self.real is None:
+            return
+        index = index.to(self.real.device)
+        group_of = torch.empty(self.batch_size, dtype=torch.long, device=index.device)
+        local_of = torch.empty_like(group_of)
+        for g, (rows, _) in enumerate(self.groups):
+            group_of[rows] = g
+            local_of[rows] = torch.arange(len(rows), device=index.device)
+        groups = []
+        for g, (_, dec) in enumerate(self.groups):
+            new_rows = (group_of[index] == g).nonzero()[:, 0]
+            if len(new_rows):
+                groups.append((new_rows, dec.fork(local_of[index[new_rows]])))
+        self.groups = groups
+        self.real = self.real[index]
+
+    def crop(self, n: int) -> None:
+        """Forget the last ``n`` columns fed (see :meth:`SleepDecoder.crop`)."""
+        if n <= 0 or self.real is None:
+            return
+        if n > self.columns:
+            raise SleepifyError(f"cannot undo {n} columns of a stream that holds {self.columns}")
+        groups = []
+        for rows, dec, k in self._split(self.real[:, -n:].sum(1)):
+            dec.crop(k)
+            groups.append((rows, dec))
+        self.groups = groups
+        self.real = self.real[:, :-n]
+
+
+# ------------------------------------------------------------------------------------------------------------
 # transformers Cache
 
 
 class SleepCache(Cache):
-    """A transformers ``Cache`` holding a :class:`SleepDecoder`: the open window's K/V (per attention block
-    and wake-pass slot) and every SSM mixer state. ``model.generate()`` creates one automatically; its
-    forward then feeds only the new tokens (see ``SleepHybridForCausalLM.forward``).
+    """The cache of a sleep-capable model, a transformers ``Cache``: per row, the K/V of its open window
+    (per attention block and wake-pass slot, plus the ``L - 1`` kept keys with sliding eviction), every SSM
+    mixer's fast weights and conv window, the position in the window and whether a sleep is pending (the
+    window is full: the row sleeps when its next token comes). It is a :class:`SleepStreams`:
+    every row's windows count its own tokens.
 
-    ``get_seq_length()`` is the number of columns fed so far. The K/V it holds never exceeds one window
-    (plus ``L - 1`` kept keys with sliding eviction), however long the stream."""
+    ``model(chunk, past_key_values=cache, use_cache=True)`` appends the chunk and returns the cache again
+    (``use_cache=True`` without a cache starts one); chunks of any sizes give the logits of one forward over
+    the whole sequence. ``model.generate()`` makes one. ``get_seq_length()`` is the number of columns fed
+    (padding included). The K/V it holds never exceeds one window per row (``2L - 1`` keys with sliding
+    eviction), however long the stream. ``crop`` undoes the last tokens (assisted decoding), as far back
+    as the open window and the windows slept in the last ``ROLLBACK`` tokens."""
 
-    def __init__(self, model: Any = None, decoder: SleepDecoder | None = None, **decoder_kwargs: Any):
+    def __init__(
+        self,
+        model: Any = None,
+        decoder: SleepDecoder | None = None,
+        streams: SleepStreams | None = None,
+        **decoder_kwargs: Any,
+    ):
         super().__init__(layers=[])
-        if decoder is None:
-            if model is None:
-                raise ValueError("SleepCache needs a model or a SleepDecoder")
-            decoder = SleepDecoder(model, **decoder_kwargs)
-        self.decoder = decoder
+        if streams is None:
+            streams = SleepStreams(model, template=decoder, **decoder_kwargs)
+        self.streams = streams
+
+    @property
+    def settings(self) -> Any:
+        return self.streams.settings
 
     def __repr__(self) -> str:
-        w = self.decoder.window
-        fill = 0 if w is None else w.length
-        return f"SleepCache(seen={self.get_seq_length()}, window={fill}/{self.decoder.settings.window})"
+        fill = self.streams.window_fill.tolist()
+        return f"SleepCache(columns={self.get_seq_length()}, window fill={fill}/{self.settings.window})"
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.decoder.offset
+        return self.streams.columns
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
         return -1  # unbounded: the stream sleeps and evicts
@@ -247,36 +454,38 @@ class SleepCache(Cache):
 
     @property
     def is_initialized(self) -> bool:
-        return self.decoder.window is not None
+        return self.streams.real is not None
 
     @property
     def is_croppable(self) -> bool:
-        return False
+        return True  # as far back as crop() says; further raises in one line
 
     @property
     def batch_size(self) -> int:
-        b = self.decoder.batch_size
+        b = self.streams.batch_size
         return -1 if b is None else b
 
     def update(self, *args: Any, **kwargs: Any):  # noqa: ANN201
         raise NotImplementedError("SleepCache is filled by SleepHybridForCausalLM.forward, not by layers")
 
     def reset(self) -> None:
-        self.decoder.reset()
+        self.streams.reset()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.decoder.select_rows(beam_idx)
+        self.streams.select_rows(beam_idx)
 
     def batch_select_indices(self, indices: Tensor) -> None:
-        self.decoder.select_rows(indices)
+        self.streams.select_rows(indices)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        b = self.decoder.batch_size
+        b = self.streams.batch_size
         if b is not None:
-            self.decoder.select_rows(torch.arange(b).repeat_interleave(repeats))
+            self.streams.select_rows(torch.arange(b).repeat_interleave(repeats))
 
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("a sleep-capable stream cannot be cropped (it may have slept already)")
+    def crop(self, max_length: int) -> None:
+        """transformers' crop: a negative value removes that many columns, a positive one keeps that many."""
+        n = -max_length if max_length < 0 else max(self.get_seq_length() - max_length, 0)
+        self.streams.crop(n)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -346,11 +555,14 @@ def generate(
 ) -> GenerationResult:
     """Streaming sleep-capable generation (module docstring).
 
-    ``input_ids [B, T]`` with left padding (``attention_mask`` 0 on pads). Stops a row at an EOS id or when
-    its decoded text contains one of ``stop`` (needs ``tokenizer``); stops everything after
-    ``max_new_tokens``. ``on_token(row, token_id, text_piece)`` is called for every kept token (the text
-    piece only with a tokenizer; a row's stop string is never streamed). ``seed`` makes sampling
-    reproducible. ``compile``: see :class:`SleepDecoder`."""
+    ``input_ids [B, T]`` with left padding (``attention_mask`` 0 on pads); every row runs as it runs alone
+    (:class:`SleepStreams`). Stops a row at an EOS id or when its decoded text contains one of ``stop``
+    (needs ``tokenizer``); stops everything after ``max_new_tokens``. ``on_token(row, token_id,
+    text_piece)`` is called for every kept token (the text piece only with a tokenizer; a row's stop
+    string is never streamed). ``seed`` makes sampling reproducible, per row (every row draws from its
+    own generator seeded with ``seed``, so it samples what it samples alone). ``decoder``: a
+    :class:`SleepDecoder` whose model and settings every row's stream uses. ``compile``: see
+    :class:`SleepDecoder`."""
     if stop and tokenizer is None:
         raise SleepifyError("stop strings need a tokenizer")
     if max_new_tokens < 0:
@@ -361,12 +573,12 @@ def generate(
         attention_mask = attention_mask.to(device)
     B = input_ids.shape[0]
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed)
-    decoder = decoder or SleepDecoder(model, backend=backend, compile=compile)
-    logits = decoder.feed(input_ids, attention_mask, logits="last")[:, -1]
+    gens = None
+    if seed is not None:  # one generator per row: a row samples what it samples alone
+        gens = [torch.Generator(device=device).manual_seed(seed) for _ in range(B)]
+    template = decoder or SleepDecoder(model, backend=backend, compile=compile)
+    streams = SleepStreams(template=template)
+    logits = streams.feed(input_ids, attention_mask, logits="last")[:, -1]
     tokens: list[list[int]] = [[] for _ in range(B)]
     texts = ["" for _ in range(B)] if tokenizer is not None else None
     streamed = [0] * B  # characters of texts[i] already given to on_token
@@ -374,7 +586,15 @@ def generate(
     finish = ["length"] * B
     done = [False] * B
     for step in range(max_new_tokens):
-        nxt = sample_next(logits, do_sample, temperature, top_p, top_k, gen)
+        if gens is None:
+            nxt = sample_next(logits, do_sample, temperature, top_p, top_k)
+        else:
+            nxt = torch.cat(
+                [
+                    sample_next(logits[i : i + 1], do_sample, temperature, top_p, top_k, g)
+                    for i, g in enumerate(gens)
+                ]
+            )
         for i, t in enumerate(nxt.tolist()):
             if done[i]:
                 continue
@@ -397,11 +617,11 @@ def generate(
                 on_token(i, t, None)
         if all(done) or step == max_new_tokens - 1:
             break
-        logits = decoder.feed(nxt[:, None], None, logits="last")[:, -1]
+        logits = streams.feed(nxt[:, None], None, logits="last")[:, -1]
     if texts is not None and on_token is not None:  # flush what was held back for a possible stop string
         for i in range(B):
             if streamed[i] < len(texts[i]):
                 on_token(i, tokens[i][-1], texts[i][streamed[i] :])
     return GenerationResult(
-        tokens=tokens, texts=texts, finish=finish, sleeps=decoder.sleeps, prompt_tokens=input_ids.shape[1]
+        tokens=tokens, texts=texts, finish=finish, sleeps=streams.sleeps, prompt_tokens=input_ids.shape[1]
     )

@@ -100,6 +100,7 @@ __all__ = [
     "lockstep",
     "next_token_targets",
     "open_window",
+    "pack_rows",
     "run_window",
     "settings_from_config",
     "sleep_config_fields",
@@ -873,6 +874,7 @@ def sleep_forward(
     logits_to_keep: int = 0,
     inputs_embeds: Tensor | None = None,
     output_hidden_states: bool = False,
+    row_windows: bool = False,
 ) -> SleepOutput:
     """Run ``input_ids [B, T]`` window by window (module docstring, rules 1-6).
 
@@ -893,7 +895,24 @@ def sleep_forward(
         inputs_embeds: ``[B, T, H]`` input embeddings used instead of embedding ``input_ids`` (which may
             then be None; labels still give the targets).
         output_hidden_states: also return the wake forward's hidden states (``SleepOutput.hidden_states``).
+        row_windows: cut every row's windows at its own real tokens (every ``L`` tokens where
+            ``attention_mask`` is 1), not at the batch's columns: a row then computes what it computes alone,
+            whatever its padding (left, right or inside) and its batch-mates. Runs as one batch with every
+            row's real tokens moved to its first columns (:func:`pack_rows`); logits and hidden states are
+            put back in the input's columns (those of padding are finite and meaningless). The returned
+            state is that of the packed batch: continue ragged rows through a ``SleepCache`` instead.
     """
+    if row_windows and attention_mask is not None:
+        packing = pack_rows(
+            attention_mask.to(device=(input_ids if input_ids is not None else inputs_embeds).device)
+        )
+        if packing is not None:
+            if state is not None:
+                raise ValueError("row_windows: a padded batch cannot continue a state; use a SleepCache")
+            return _packed_forward(
+                packing, stack, settings, input_ids, labels, logits, sleep_windows, on_window,
+                logits_to_keep, inputs_embeds, output_hidden_states,
+            )  # fmt: skip
     if input_ids is None:
         if inputs_embeds is None:
             raise ValueError("sleep_forward needs input_ids or inputs_embeds")
@@ -1033,6 +1052,71 @@ def sleep_forward(
         loss_sum=loss_sum,
         hidden_states=hidden_states,
     )
+
+
+def pack_rows(attention_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The column layout in which every row's real tokens come first, in order: ``(order, packed_mask)``
+    where packed column ``j`` of row ``b`` is input column ``order[b, j]``, and ``packed_mask[b, j]`` says it
+    is real. Its window boundaries fall every ``L`` real tokens of each row. None when the mask already is
+    so (no padding, or right padding only)."""
+    mask = attention_mask.bool()
+    T = mask.shape[1]
+    packed = torch.arange(T, device=mask.device) < mask.sum(1, keepdim=True)
+    if torch.equal(mask, packed):
+        return None
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)
+    return order, packed
+
+
+def _gather_cols(x: Tensor, order: Tensor) -> Tensor:
+    """``x [B, T, ...]`` with its columns taken in ``order [B, T']``."""
+    index = order.view(*order.shape, *([1] * (x.dim() - 2))).expand(*order.shape, *x.shape[2:])
+    return x.gather(1, index)
+
+
+def _packed_forward(
+    packing: tuple[Tensor, Tensor],
+    stack: SleepStack,
+    settings: SleepSettings,
+    input_ids: Tensor | None,
+    labels: Tensor | None,
+    logits: str,
+    sleep_windows: Sequence[bool] | None,
+    on_window: Callable[[int, str, int], None] | None,
+    logits_to_keep: int,
+    inputs_embeds: Tensor | None,
+    output_hidden_states: bool,
+) -> SleepOutput:
+    """:func:`sleep_forward` with ``row_windows`` over a batch that needs packing."""
+    order, packed = packing
+    T = order.shape[1]
+    width = int(packed.sum(1).max())  # packed columns after it are padding in every row
+    cols = order[:, :width]
+    out = sleep_forward(
+        stack,
+        settings,
+        None if input_ids is None else input_ids.gather(1, cols),
+        attention_mask=packed[:, :width],
+        labels=None if labels is None else labels.to(order.device).gather(1, cols),
+        logits=logits,
+        sleep_windows=sleep_windows,
+        on_window=on_window,
+        inputs_embeds=None if inputs_embeds is None else _gather_cols(inputs_embeds, cols),
+        output_hidden_states=output_hidden_states,
+    )
+    back = torch.argsort(order, dim=1)  # input column c is packed column back[b, c]
+
+    def unpack(x: Tensor | None, keep: int = 0) -> Tensor | None:
+        if x is None:
+            return None
+        full = torch.cat([x, x.new_zeros(x.shape[0], T - width, *x.shape[2:])], 1) if width < T else x
+        full = _gather_cols(full, back)
+        return full[:, T - keep :] if keep else full
+
+    out.logits = unpack(out.logits, logits_to_keep)
+    if out.hidden_states is not None:
+        out.hidden_states = tuple(unpack(h) for h in out.hidden_states)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from sleepify.models.hybrid.families import (
     LayerInfo,
     family_for,
 )
-from sleepify.sleep import SleepSettings, SleepState, settings_from_config, sleep_forward
+from sleepify.sleep import SleepSettings, settings_from_config, sleep_forward
 
 __all__ = ["HybridStack", "SleepHybridForCausalLM", "SleepHybridOutput", "SleepHybridPreTrainedModel"]
 
@@ -56,12 +56,13 @@ def _keep_count(logits_to_keep: Any) -> int:
 @dataclass
 class SleepHybridOutput(CausalLMOutputWithPast):
     """transformers' causal-LM output (``loss``: mean CE over scored predictions; ``logits`` ``[B, T, V]``,
-    NaN where not computed, see ``sleep_forward``; the generation cache under transformers' name for it, see
-    :mod:`sleepify.models.compat`) plus ``sleep_state``: the state after the last window (pass it back to
-    continue); ``window_kinds`` / ``window_passes``: per window, "wake" | "sleep" | "mixed" and the passes of
-    the looped blocks that ran; ``num_loss_tokens``: scored predictions; ``loss_sum``: summed CE."""
+    finite, see ``sleep_forward``; the :class:`~sleepify.generation.SleepCache` under transformers' name for
+    the cache, see :mod:`sleepify.models.compat`, with ``use_cache=True``) plus ``sleep_state``: the same
+    cache (an alias, as older sleepify named it); ``window_kinds`` / ``window_passes``: per window, "wake" |
+    "sleep" | "mixed" and the passes of the looped blocks that ran (uncached forward); ``num_loss_tokens``:
+    scored predictions; ``loss_sum``: summed CE."""
 
-    sleep_state: SleepState | None = None
+    sleep_state: Any = None
     window_kinds: list | None = None
     window_passes: list | None = None
     num_loss_tokens: int | None = None
@@ -107,7 +108,9 @@ class SleepHybridPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
     _can_compile_fullgraph = False
-    _is_stateful = True  # generation caches cannot be cropped or rolled back (the stream may have slept)
+    # the SleepCache can be cropped as far back as its open window and the windows slept in its last
+    # ROLLBACK tokens (assisted decoding), so generate() need not treat the model as stateful
+    _is_stateful = False
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02) or 0.02
@@ -275,7 +278,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         loss_mask: Tensor | None = None,
-        sleep_state: SleepState | None = None,
+        sleep_state: Any = None,
         logits: str = "stream",
         sleep_passes: int | None = None,
         sleep_window: int | None = None,
@@ -287,6 +290,7 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         backend: str | None = None,
         return_dict: bool | None = None,
         cache: Any = None,
+        use_cache: bool | None = None,
         logits_to_keep: int = 0,
         inputs_embeds: Tensor | None = None,
         output_hidden_states: bool | None = None,
@@ -296,22 +300,28 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         """Run the sleep engine over ``input_ids [B, T]``.
 
         Args:
-            attention_mask: 2-D ``[B, T]``, 1 = real token, 0 = (left) padding. With ``cache`` it
+            attention_mask: 2-D ``[B, T]``, 1 = real token, 0 = padding. With ``cache`` it
                 may cover the whole stream (its last ``T`` columns are used), as ``generate()`` passes it.
+                Without labels every row's windows count its own real tokens, so a row's logits do not
+                depend on its padding (left, right, anywhere) nor on its batch-mates; with labels
+                (training, ``sleepify eval``) windows are cut over the batch's columns, as in the paper's
+                left-padded Depo (``docs/sleep-semantics.md``, rule 7).
             labels: HF-style ``[B, T]`` (``-100`` = not scored; shifted inside: position ``p`` predicts
                 ``labels[p + 1]``). Alternatively ``loss_mask`` ``[B, T]`` (sleepify's data format:
                 ``loss_mask[i] = 1`` iff token ``i`` is a target) with ``input_ids`` as the targets.
-            sleep_state: continue from a previous output's ``sleep_state``.
+            sleep_state: an alias of ``cache`` (what an earlier output's ``sleep_state`` holds).
             logits: "stream" (default: every position's streaming prediction, finite everywhere), "wake",
                 "all" or "none" (see :func:`sleepify.sleep.sleep_forward`).
             sleep_passes / sleep_window / eviction: override N, L, the eviction of the config.
             checkpoint_windows / truncate_passes / truncate_windows: memory options (training).
             sleep_windows: force sleep (True) / wake (False) per window.
             cache: a :class:`sleepify.generation.SleepCache` (what ``generate()`` uses; ``past_key_values``
-                is accepted too, as transformers < 5.24 names it): the new
-                tokens are appended to its stream with incremental decoding (one wake forward over the new
-                tokens; the model sleeps when a window is full) and the awake logits are returned
-                (only the last column's with ``logits_to_keep=1``).
+                is accepted too, as transformers < 5.24 names it): the new tokens are appended to its
+                streams with incremental decoding (one wake forward over the new tokens; a row sleeps when
+                its window is full), the awake logits are returned (every column's equals the uncached
+                forward's over the whole sequence) and so is the cache.
+            use_cache: True without a ``cache`` starts one (``SleepCache(model, ...)`` with this call's
+                engine overrides) and returns it: the streaming contract.
             logits_to_keep: return the logits of the last ``k`` columns only (0 = all), as in transformers;
                 the loss still covers the whole sequence.
             inputs_embeds: ``[B, T, H]`` embeddings instead of ``input_ids`` (not with ``cache``).
@@ -332,10 +342,26 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
             output_hidden_states = self.config.output_hidden_states
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
+        if sleep_state is not None:
+            from sleepify.generation import SleepCache
+
+            if not isinstance(sleep_state, SleepCache) or cache is not None:
+                raise ValueError(
+                    "sleep_state= takes the SleepCache an earlier call returned (it is an alias of "
+                    "past_key_values=; call with use_cache=True to get one)"
+                )
+            cache = sleep_state
+        overrides = {"passes": sleep_passes, "window": sleep_window, "eviction": eviction, "backend": backend}
+        if cache is None and use_cache and labels is None and loss_mask is None:
+            from sleepify.generation import SleepCache
+
+            cache = SleepCache(self, **overrides)
         if cache is not None:
             if inputs_embeds is not None:
                 raise ValueError("decoding through a SleepCache takes input_ids, not inputs_embeds")
-            out = self._forward_cached(input_ids, attention_mask, cache, logits_to_keep)
+            if labels is not None or loss_mask is not None or output_hidden_states:
+                raise ValueError("a call with a cache returns logits only (no labels, no hidden states)")
+            out = self._forward_cached(input_ids, attention_mask, cache, logits_to_keep, overrides)
             return out if return_dict else out.to_tuple()
         if labels is None and loss_mask is not None:
             if input_ids is None:
@@ -364,11 +390,11 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
             logits_to_keep=_keep_count(logits_to_keep),
             inputs_embeds=inputs_embeds,
             output_hidden_states=bool(output_hidden_states),
+            row_windows=labels is None,
         )
         result = SleepHybridOutput(
             loss=out.loss,
             logits=out.logits,
-            sleep_state=out.state,
             window_kinds=out.window_kinds,
             window_passes=out.window_passes,
             num_loss_tokens=out.num_loss_tokens,
@@ -378,22 +404,41 @@ class SleepHybridForCausalLM(SleepHybridPreTrainedModel, GenerationMixin):
         return result if return_dict else result.to_tuple()
 
     def _forward_cached(
-        self, input_ids: Tensor, attention_mask: Tensor | None, cache: Any, logits_to_keep: int
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        cache: Any,
+        logits_to_keep: Any,
+        overrides: dict[str, Any],
     ) -> SleepHybridOutput:
         from sleepify.generation import SleepCache
 
         if not isinstance(cache, SleepCache):
             raise ValueError(
                 f"SleepHybridForCausalLM takes a sleepify.generation.SleepCache as its cache, got "
-                f"{type(cache).__name__}; pass sleep_state to continue a stream without a cache"
+                f"{type(cache).__name__} (start one with use_cache=True or SleepCache(model))"
             )
+        for name, value in overrides.items():
+            held = getattr(cache.settings, name)
+            if value is not None and value != held:
+                raise ValueError(f"this cache runs with {name}={held!r}; a call with it cannot use {value!r}")
         T = input_ids.shape[1]
         mask = None if attention_mask is None else attention_mask[:, -T:]
-        logits = cache.decoder.feed(input_ids, mask, logits="last" if logits_to_keep == 1 else "all")
-        return SleepHybridOutput(logits=logits, **cache_kwargs(cache))
+        keep = _keep_count(logits_to_keep)
+        logits = cache.streams.feed(input_ids, mask, logits="last" if keep == 1 else "all")
+        if keep > 1:
+            logits = logits[:, -keep:]
+        return SleepHybridOutput(logits=logits, sleep_state=cache, **cache_kwargs(cache))
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):  # noqa: ANN001
-        """``generate()`` decodes incrementally through a :class:`~sleepify.generation.SleepCache`."""
+        """``generate()`` decodes incrementally through a :class:`~sleepify.generation.SleepCache`; other
+        ``cache_implementation`` values are refused (they would be silently ignored otherwise)."""
+        impl = generation_config.cache_implementation
+        if impl not in (None, "dynamic"):
+            raise ValueError(
+                f"cache_implementation={impl!r} is not supported by the sleep-capable model: it decodes "
+                "through its own SleepCache (leave cache_implementation unset)"
+            )
         if generation_cache(model_kwargs) is not None or generation_config.use_cache is False:
             return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         from sleepify.generation import SleepCache
