@@ -22,7 +22,9 @@ explicit settings. Every value it leaves unset (``null`` in the schema) comes fr
   otherwise the middle half of the base blocks (``[n // 4, n - n // 4)``: the paper loops the middle 14 of
   Jet-Nemotron-2B's 28 blocks) with the Jet layers inserted after them.
 - **Sleep** (``sleep.window`` / ``passes`` / ``eviction``): the recipe's values, i.e. the schema defaults
-  when it sets none (L = 2048, N = 1, hard eviction); ``sleep.wake_passes``: the family's (Ouro: its
+  when it sets none (L = 2048, N = 1, hard eviction); an unset window never exceeds the base model's
+  context (``max_position_embeddings``), and a window set larger than it gets a warning (attention would
+  span positions the base never saw); ``sleep.wake_passes``: the family's (Ouro: its
   ``total_ut_steps``; 1 otherwise).
 
 Examples::
@@ -36,6 +38,7 @@ Examples::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,7 +153,7 @@ class ConversionPlan:
                 **({"jet": jet} if jet else {}),
                 "loop": {"start": self.loop_start, "end": self.loop_end},
             },
-            "sleep": {"wake_passes": self.wake_passes},
+            "sleep": {"wake_passes": self.wake_passes, "window": self.window},
         }
 
     def summary(self) -> list[str]:
@@ -378,6 +381,22 @@ def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
     sleep_set = sleep.model_fields_set
     for k in ("window", "passes", "eviction"):
         sources[f"sleep.{k}"] = RECIPE if k in sleep_set else "default (schema)"
+    window = sleep.window
+    context = getattr(base_config, "max_position_embeddings", None)
+    if context and window > context:
+        if "window" in sleep_set:
+            warnings.warn(
+                f"sleep.window = {window} is larger than the base model's context ({context} positions, "
+                "max_position_embeddings): one window's attention spans positions the base was never "
+                "trained on, so it may not work; set sleep.window <= the base context",
+                stacklevel=2,
+            )
+            sources["sleep.window"] = f"{RECIPE}; larger than the base context {context}"
+        else:
+            window = int(context)
+            sources["sleep.window"] = (
+                f"default: the base model's context (the schema's {sleep.window} exceeds it)"
+            )
     if "wake_passes" in sleep_set:
         wake = sleep.wake_passes
         sources["sleep.wake_passes"] = RECIPE
@@ -395,7 +414,7 @@ def plan_conversion(base_config: Any, recipe: Any) -> ConversionPlan:
         jet=sizes,
         loop_start=loop_start,
         loop_end=loop_end,
-        window=sleep.window,
+        window=window,
         passes=sleep.passes,
         eviction=sleep.eviction,
         wake_passes=wake,

@@ -266,6 +266,12 @@ def kernel_modules() -> list[str]:
     return sorted(KERNEL_MODULES)
 
 
+# transformers' save_pretrained (and push_to_hub) copies the file that defines a remote-code class, plus what
+# it imports relatively, and points auto_map at it: the entry file, which imports the whole bundle, is made
+# that file, so a re-saved export ships every module and the same auto_map.
+_OWN = "{names}.__module__ = __name__  # save_pretrained copies this file and all it imports\n\n"
+
+
 def _entry_files() -> dict[str, str]:
     header = HEADER.format(version=__version__, source="sleepify/remote_code.py")
     config_module = "sleepify.models.hybrid.configuration_sleep_hybrid"
@@ -273,6 +279,7 @@ def _entry_files() -> dict[str, str]:
         header
         + _every_module((config_module,))
         + f"from .{flat_name(config_module)} import SleepHybridConfig\n\n"
+        + _OWN.format(names="SleepHybridConfig")
         + '__all__ = ["SleepHybridConfig"]\n'
     )
     modeling = (
@@ -281,6 +288,7 @@ def _entry_files() -> dict[str, str]:
         + "# model types with the Auto classes on import; the hybrid builds its base model through them.\n"
         + _every_module(ENTRY_MODULES)
         + f"from .{flat_name('sleepify.models.hybrid')} import SleepHybridConfig, SleepHybridForCausalLM\n\n"
+        + _OWN.format(names="SleepHybridForCausalLM")
         + '__all__ = ["SleepHybridConfig", "SleepHybridForCausalLM"]\n'
     )
     return {f"{CONFIG_FILE}.py": config, f"{MODELING_FILE}.py": modeling}

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 import sleepify  # noqa: F401
 from sleepify.cli.main import cli
 from sleepify.data.tokenizer import build_char_tokenizer
-from sleepify.generation import SleepCache, SleepDecoder, generate, sample_next
+from sleepify.generation import SleepCache, SleepDecoder, SleepStreams, generate, sample_next
 from sleepify.models.compat import cache_kwargs
 from sleepify.stages.convert import convert
 from tests.conftest import fla_interpreter_ok, requires_cuda
@@ -126,7 +126,7 @@ def test_default_logits_are_the_streaming_predictions(tiny_run: Path, passes: in
     assert out.window_kinds == ["sleep", "sleep", "sleep", "wake"]
     real = mask.bool()
     assert torch.isfinite(out.logits[real]).all()
-    dec = SleepDecoder(model)
+    dec = SleepStreams(model)  # every row's windows count its own tokens, in the forward too
     steps = [dec.feed(ids[:, p : p + 1], mask[:, p : p + 1])[:, -1] for p in range(T)]
     assert dec.sleeps == 3
     streamed = torch.stack(steps, dim=1)
@@ -138,7 +138,7 @@ def test_default_logits_are_the_streaming_predictions(tiny_run: Path, passes: in
 @pytest.mark.parametrize("eviction", ["hard", "sliding"])
 def test_prompt_spanning_windows_and_left_padding(tiny_run: Path, eviction: str) -> None:
     """A prompt longer than a window (its full windows sleep without a wake forward), left padding in a
-    batch, then decoding across two more boundaries."""
+    batch, then decoding across two more boundaries (every row's windows count its own tokens)."""
     model = load(tiny_run, 2, eviction)
     T, prompt = 30, 19
     ids = torch.randint(4, 100, (3, T))
@@ -146,7 +146,7 @@ def test_prompt_spanning_windows_and_left_padding(tiny_run: Path, eviction: str)
     mask[1, :3] = 0  # left padding
     mask[2, :10] = 0  # a row whose whole first window is padding
     ids = ids.masked_fill(mask == 0, 0)
-    dec = SleepDecoder(model)
+    dec = SleepStreams(model)
     last = dec.feed(ids[:, :prompt], mask[:, :prompt])[:, -1]
     torch.testing.assert_close(last, prefix_logits(model, ids, mask, prompt - 1), atol=2e-5, rtol=1e-4)
     for p in range(prompt, T):
@@ -236,8 +236,10 @@ def test_hf_generate_through_sleep_cache(tiny_run: Path) -> None:
         eos_token_id=None,
     )
     assert torch.equal(out, out2)
-    assert cache.get_seq_length() == 7 + 11 and cache.decoder.sleeps == 2
-    assert all(k.shape[2] <= 2 * L - 1 for k, _ in cache.decoder.window.kv.values())
+    assert cache.get_seq_length() == 7 + 11 and cache.streams.sleeps == 2
+    assert cache.streams.window_fill.tolist() == [16 % L or L, 18 % L or L]  # each row's own windows
+    for _, dec in cache.streams.groups:
+        assert all(k.shape[2] <= 2 * L - 1 for k, _ in dec.window.kv.values())
 
 
 def test_hf_beam_search_reorders_the_cache(tiny_run: Path) -> None:

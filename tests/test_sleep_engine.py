@@ -9,6 +9,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from sleepify.errors import SleepifyError
+from sleepify.sleep import sleep_forward
 from tests.models.test_hybrid import FAMILIES, SMALL, build
 
 L = 4
@@ -19,6 +20,13 @@ def perturb_jets(model, scale=0.3, seed=1):
     with torch.no_grad():
         for p in model.jet_layers.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def engine(model, ids, state=None, sleep_passes=None, eviction=None, **kw):
+    """The engine itself (windows over the batch's columns; continues a ``SleepState``)."""
+    settings = model.sleep_settings(passes=sleep_passes, eviction=eviction)
+    with torch.no_grad():
+        return sleep_forward(model.sleep_stack(), settings, ids, state=state, **kw)
 
 
 def last_window_labels(ids):
@@ -127,8 +135,10 @@ def test_checkpointing_same_loss_and_gradients():
 
 @pytest.mark.parametrize("eviction", ["hard", "sliding"])
 def test_left_padding_equals_unpadded_stream(eviction):
-    """A row left-padded by p gives, on its real tokens, what the unpadded row gives when its first window
-    holds L - p tokens (run as its own call, then continued from the returned state)."""
+    """The engine over the batch's columns (as training runs it): a row left-padded by p gives, on its real
+    tokens, what the unpadded row gives when its first window holds L - p tokens (run as its own call, then
+    continued from the returned state). The model's forward without labels gives the row what it gives
+    unpadded (tests/test_streaming.py)."""
     torch.manual_seed(0)
     _, model = build(FAMILIES["qwen2"](), jet_after=(0, 2), window=L)
     perturb_jets(model)
@@ -136,12 +146,11 @@ def test_left_padding_equals_unpadded_stream(eviction):
     ids = torch.randint(1, 64, (1, 3 * L - p))
     padded = torch.cat([torch.zeros(1, p, dtype=torch.long), ids], 1)
     mask = torch.cat([torch.zeros(1, p, dtype=torch.long), torch.ones_like(ids)], 1)
-    with torch.no_grad():
-        full = model(padded, attention_mask=mask, sleep_passes=2, eviction=eviction, logits="all")
-        first = model(ids[:, : L - p], sleep_passes=2, eviction=eviction, logits="all", sleep_windows=[True])
-        rest = model(
-            ids[:, L - p :], sleep_passes=2, eviction=eviction, logits="all", sleep_state=first.sleep_state
-        )
+    full = engine(model, padded, attention_mask=mask, sleep_passes=2, eviction=eviction, logits="all")
+    first = engine(
+        model, ids[:, : L - p], sleep_passes=2, eviction=eviction, logits="all", sleep_windows=[True]
+    )
+    rest = engine(model, ids[:, L - p :], first.state, sleep_passes=2, eviction=eviction, logits="all")
     stream = torch.cat([first.logits, rest.logits], 1)
     # float32 rounding only (in float64 both are identical): up to ~1.1e-5 when the conv windows restart
     torch.testing.assert_close(full.logits[:, p:], stream, atol=3e-5, rtol=0)
@@ -192,15 +201,14 @@ def test_no_labels_sleeps_every_window_but_the_last():
     torch.manual_seed(0)
     _, model = build(FAMILIES["qwen2"](), jet_after=(1,), window=L)
     ids = torch.randint(0, 64, (1, 2 * L + 1))
-    with torch.no_grad():
-        out = model(ids, sleep_passes=2, logits="wake")  # the cheap mode: no logits for slept windows
-        streamed = model(ids, sleep_passes=2)  # the default: every position's streaming prediction
+    out = engine(model, ids, sleep_passes=2, logits="wake")  # the cheap mode: no logits for slept windows
+    streamed = engine(model, ids, sleep_passes=2)  # the default: every position's streaming prediction
     assert out.window_kinds == streamed.window_kinds == ["sleep", "sleep", "wake"]
     assert out.window_passes == streamed.window_passes == [2, 2, 1]
     assert torch.isnan(out.logits[:, : 2 * L]).all() and not torch.isnan(out.logits[:, 2 * L :]).any()
     assert torch.isfinite(streamed.logits).all()
     torch.testing.assert_close(streamed.logits[:, 2 * L :], out.logits[:, 2 * L :], atol=0, rtol=0)
-    for a, b in zip(streamed.sleep_state.mixers.values(), out.sleep_state.mixers.values(), strict=True):
+    for a, b in zip(streamed.state.mixers.values(), out.state.mixers.values(), strict=True):
         torch.testing.assert_close(a.recurrent, b.recurrent, atol=0, rtol=0)  # the same consolidation
 
 
@@ -331,16 +339,13 @@ def test_conv_state_at_eviction(conv_state):
     perturb_jets(model)
     model.config.conv_state = conv_state
     ids = torch.randint(1, 64, (1, 2 * L))
-    with torch.no_grad():
-        first = model(ids[:, :L], sleep_passes=2, sleep_windows=[True], logits="none")
-        state = first.sleep_state
-        noisy = copy.copy(state)
-        noisy.mixers = {
-            i: type(m)(m.recurrent, tuple(torch.randn_like(c) for c in m.conv))
-            for i, m in state.mixers.items()
-        }
-        a = model(ids[:, L:], sleep_passes=2, sleep_state=state).logits
-        b = model(ids[:, L:], sleep_passes=2, sleep_state=noisy).logits
+    state = engine(model, ids[:, :L], sleep_passes=2, sleep_windows=[True], logits="none").state
+    noisy = copy.copy(state)
+    noisy.mixers = {
+        i: type(m)(m.recurrent, tuple(torch.randn_like(c) for c in m.conv)) for i, m in state.mixers.items()
+    }
+    a = engine(model, ids[:, L:], state, sleep_passes=2).logits
+    b = engine(model, ids[:, L:], noisy, sleep_passes=2).logits
     if conv_state in ("reset", "carry-between-passes"):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     else:

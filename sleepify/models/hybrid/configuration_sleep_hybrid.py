@@ -58,6 +58,8 @@ class SleepHybridConfig(PreTrainedConfig):
     # mirrored from the base config (read by generation utilities and by people)
     vocab_size: int | None = None
     hidden_size: int | None = None
+    # the context the model states to tools that read it (lm-eval, pipelines, vLLM): the base model's
+    max_position_embeddings: int | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
@@ -78,6 +80,8 @@ class SleepHybridConfig(PreTrainedConfig):
             self.hidden_size = self.base_config.get("hidden_size", self.hidden_size)
             self.initializer_range = self.base_config.get("initializer_range", self.initializer_range)
             self.tie_word_embeddings = bool(self.base_config.get("tie_word_embeddings", False))
+            if self.max_position_embeddings is None:
+                self.max_position_embeddings = self.base_config.get("max_position_embeddings")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if getattr(self, name, None) is None and self.base_config.get(name) is not None:
                 setattr(self, name, self.base_config[name])

@@ -16,6 +16,7 @@ The forward is :func:`sleepify.sleep.sleep_forward` over the blocks in ``config.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,15 @@ class SleepHybridPreTrainedModel(PreTrainedModel):
     # the SleepCache can be cropped as far back as its open window and the windows slept in its last
     # ROLLBACK tokens (assisted decoding), so generate() need not treat the model as stateful
     _is_stateful = False
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """transformers' save; a model loaded from an export (its config has an ``auto_map``) through the
+        installed package writes the export's remote code beside it too, so the copy loads without sleepify
+        as the export did (a remote-code copy of the class gets its files from transformers itself)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if getattr(self.config, "auto_map", None) and type(self).__module__.startswith("sleepify."):
+            # imported by name: the remote-code bundle must not follow this import
+            importlib.import_module("sleepify.remote_code").write_remote_code(save_directory)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02) or 0.02
