@@ -287,7 +287,9 @@ def _entry_files() -> dict[str, str]:
         + "# Every module of the bundle; the base families (Ouro, Jet-Nemotron, built-ins) register their\n"
         + "# model types with the Auto classes on import; the hybrid builds its base model through them.\n"
         + _every_module(ENTRY_MODULES)
-        + f"from .{flat_name('sleepify.models.hybrid')} import SleepHybridConfig, SleepHybridForCausalLM\n\n"
+        + f"from .{flat_name('sleepify.models.hybrid')} import SleepHybridForCausalLM\n"
+        + "# the config entry too: it owns the config class here as well, and a re-save copies it\n"
+        + f"from .{CONFIG_FILE} import SleepHybridConfig\n\n"
         + _OWN.format(names="SleepHybridForCausalLM")
         + '__all__ = ["SleepHybridConfig", "SleepHybridForCausalLM"]\n'
     )

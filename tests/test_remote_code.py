@@ -170,6 +170,35 @@ def _load_without_sleepify(
     return torch.load(tmp / "out.pt", weights_only=True)
 
 
+_RESAVER = textwrap.dedent(
+    """
+    import importlib.util, sys
+
+    assert importlib.util.find_spec("sleepify") is None
+    from transformers import AutoModelForCausalLM
+
+    folder = sys.argv[1]
+    for out in sys.argv[2:]:  # load, save, load what was saved, save again ...
+        AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).save_pretrained(out)
+        folder = out
+    """
+)
+
+
+def _resave(folder: Path, tmp: Path, site: Path) -> Path:
+    """``folder`` loaded and re-saved twice with transformers' save_pretrained, where sleepify cannot be
+    imported; returns the second copy."""
+    (tmp / "resaver.py").write_text(_RESAVER)
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp / "hf-modules"), "PYTHONPATH": str(site)}
+    copies = [tmp / "resaved-1", tmp / "resaved-2"]
+    args = [sys.executable, "-S", str(tmp / "resaver.py"), str(folder), *map(str, copies)]
+    proc = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    shipped = {p.name for p in folder.glob("*.py")}
+    assert shipped == {p.name for p in copies[-1].glob("*.py")}  # every module of the bundle travels
+    return copies[-1]
+
+
 def _with_sleepify(folder: Path, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert type(model).__module__.startswith("sleepify.")
@@ -203,6 +232,13 @@ def test_converted_qwen2_export_loads_and_generates_without_sleepify(
     export(convert_dir, out, log=None)
     remote = _check_export(out, tmp_path, minimal_site, vocab=100, pipe=True)
     assert remote["text"].startswith("ab") and len(remote["text"]) > 2
+    resaved = _resave(out, tmp_path, minimal_site)
+    again = _check_export(resaved, tmp_path, minimal_site, vocab=100)
+    torch.testing.assert_close(again["logits"], remote["logits"], rtol=0, atol=0)
+    # re-saved where sleepify is installed (the package's classes): the remote code is written too
+    by_package = tmp_path / "by-package"
+    AutoModelForCausalLM.from_pretrained(out).save_pretrained(by_package)
+    _check_export(by_package, tmp_path, minimal_site, vocab=100)
 
 
 @pytest.mark.slow
@@ -219,6 +255,7 @@ def test_converted_fixture_export_loads_without_sleepify(
     export(convert_dir, out, log=None)
     vocab = json.loads((source / "config.json").read_text())["vocab_size"]
     _check_export(out, tmp_path, minimal_site, vocab=vocab)
+    _check_export(_resave(out, tmp_path, minimal_site), tmp_path, minimal_site, vocab=vocab)
 
 
 @pytest.mark.slow
@@ -229,3 +266,4 @@ def test_builtin_scratch_export_loads_without_sleepify(tmp_path: Path, minimal_s
     export(convert_dir, out, log=None)
     vocab = AutoModelForCausalLM.from_pretrained(convert_dir).config.vocab_size
     _check_export(out, tmp_path, minimal_site, vocab=vocab)
+    _check_export(_resave(out, tmp_path, minimal_site), tmp_path, minimal_site, vocab=vocab)
