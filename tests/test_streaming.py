@@ -189,3 +189,19 @@ def test_unsupported_cache_implementation_is_refused(tiny_run: Path) -> None:
     model = load(tiny_run)
     with pytest.raises(ValueError, match="cache_implementation='static' is not supported"):
         model.generate(torch.randint(4, 100, (1, 5)), max_new_tokens=2, cache_implementation="static")
+
+
+def test_config_states_the_context_and_the_window_fits_it(tiny_run: Path) -> None:
+    from transformers import Qwen2Config
+
+    from sleepify.config import load_recipe
+    from sleepify.planning import plan_conversion
+
+    assert load(tiny_run).config.max_position_embeddings == 512  # the base's context, top level
+    base = Qwen2Config(num_hidden_layers=4, max_position_embeddings=512)
+    plan = plan_conversion(base, load_recipe().recipe)  # the schema's 2048 exceeds the base
+    assert plan.window == 512 and plan.hybrid_config().sleep_window == 512
+    assert plan.recipe_updates()["sleep"]["window"] == 512
+    with pytest.warns(UserWarning, match="larger than the base model's context"):
+        plan = plan_conversion(base, load_recipe(overrides=["sleep.window=1024"]).recipe)
+    assert plan.window == 1024
