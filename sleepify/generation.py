@@ -269,7 +269,9 @@ class SleepStreams:
     its row (padding: left, right or anywhere). Rows sit in groups, each a :class:`SleepDecoder` fed only
     real tokens, so its windows are every row's own; a group holds rows that were always fed the same
     number of tokens (generation feeds one per row per step, so a group stays whole). A feed that gives
-    the rows of a group different numbers of tokens splits it. ``template``: the decoder whose model and
+    the rows of a group different numbers of tokens splits it; the first feed groups rows whose numbers of
+    tokens agree modulo ``L`` (the shorter ones start with whole windows of padding, which change nothing,
+    so a batch of prompts decodes in at most ``L`` groups). ``template``: the decoder whose model and
     settings (``backend``, ``passes``, ``compile``, ...) every group uses (built from ``model`` and
     ``decoder_kwargs`` when not given)."""
 
@@ -316,16 +318,19 @@ class SleepStreams:
         """``[B]`` tokens in each row's open window (``L``: full; the row sleeps when its next one comes)."""
         return self._per_row(lambda d: 0 if d.window is None else d.window.length)
 
-    def _split(self, counts: Tensor) -> list[tuple[Tensor, SleepDecoder, int]]:
-        """The groups cut so that every row of one gets ``counts[row]`` tokens: ``(rows, stream, count)``."""
+    def _split(self, counts: Tensor, by_phase: bool = False) -> list[tuple[Tensor, SleepDecoder]]:
+        """The groups cut so that the rows of one get the same number of tokens (``counts[row]``), or with
+        ``by_phase``, for a group not fed yet, the same number modulo ``L`` (its rows are then fed with
+        whole windows of padding first, which change nothing: no token was fed before them)."""
         out = []
         for rows, dec in self.groups:
             c = counts[rows]
+            if by_phase and dec.window is None:
+                c = torch.where(c > 0, c % self.settings.window + 1, 0)
             values = c.unique()
             for v in values.tolist():
                 pick = (c == v).nonzero()[:, 0]
-                sub = dec if len(values) == 1 else dec.fork(pick)
-                out.append((rows[pick], sub, v))
+                out.append((rows[pick], dec if len(values) == 1 else dec.fork(pick)))
         return out
 
     @torch.no_grad()
@@ -352,20 +357,28 @@ class SleepStreams:
         order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # each row's tokens first
         packed = input_ids.gather(1, order)
         out: Tensor | None = None
-        split = self._split(mask.sum(1))
-        self.groups = [(rows, dec) for rows, dec, _ in split]
-        for rows, dec, n in split:
-            if n == 0:
+        counts = mask.sum(1)
+        self.groups = self._split(counts, by_phase=True)
+        for rows, dec in self.groups:
+            n = counts[rows]
+            width = int(n.max())
+            if width == 0:
                 continue
-            got = dec.feed(packed[rows, :n], None, logits=logits)
+            ids, pad = packed[rows, :width], None
+            if int(n.min()) < width:  # rows of one phase: right-aligned after whole windows of padding
+                shift = (torch.arange(width, device=device) - (width - n)[:, None]) % width
+                ids = ids.gather(1, shift)
+                pad = torch.arange(width, device=device) >= (width - n)[:, None]
+            got = dec.feed(ids, pad, logits=logits)
             if got is None:
                 continue
             if out is None:
                 out = got.new_zeros(B, T if logits == "all" else 1, got.shape[-1])
-            if logits == "all":
-                out[rows[:, None], order[rows, :n]] = got
-            else:
+            if logits != "all":
                 out[rows] = got
+                continue
+            for i, (row, k) in enumerate(zip(rows.tolist(), n.tolist(), strict=True)):
+                out[row, order[row, :k]] = got[i, width - k :]
         self.real = torch.cat([self.real, mask], 1)
         if out is None and logits != "none":
             vocab = self.template.model.config.vocab_size
@@ -396,11 +409,10 @@ class SleepStreams:
             return
         if n > self.columns:
             raise SleepifyError(f"cannot undo {n} columns of a stream that holds {self.columns}")
-        groups = []
-        for rows, dec, k in self._split(self.real[:, -n:].sum(1)):
-            dec.crop(k)
-            groups.append((rows, dec))
-        self.groups = groups
+        removed = self.real[:, -n:].sum(1)
+        self.groups = self._split(removed)
+        for rows, dec in self.groups:
+            dec.crop(int(removed[rows[0]]))  # a group's rows end in real tokens: the same columns go
         self.real = self.real[:, :-n]
 
 

@@ -84,6 +84,32 @@ def test_generation_rows_equal_rows_alone(tiny_run: Path, passes: int) -> None:
         assert alone.tokens[0] == sampled.tokens[i]
 
 
+@pytest.mark.parametrize("passes", [1, 4])
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_rows_of_one_phase_decode_as_one_batch(tiny_run: Path, passes: int, eviction: str) -> None:
+    """Prompts whose lengths agree modulo L share one stream (the shorter start with whole windows of
+    padding), and each row still gets what it gets alone."""
+    model = load(tiny_run, passes, eviction)
+    lengths = (3, L + 3, 3 * L + 3)
+    T = max(lengths)
+    ids = torch.randint(4, 100, (len(lengths), T), generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, T - n :] = 1
+    cache = SleepCache(model)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask, past_key_values=cache).logits
+        assert len(cache.streams.groups) == 1
+        steps = ids[:, -4:]
+        stepped = model(steps, past_key_values=cache).logits
+        assert len(cache.streams.groups) == 1
+        for i, n in enumerate(lengths):
+            row = torch.cat([ids[i : i + 1, T - n :], steps[i : i + 1]], 1)
+            alone = model(row).logits[0]
+            torch.testing.assert_close(logits[i, T - n :], alone[:n], atol=ATOL, rtol=0)
+            torch.testing.assert_close(stepped[i], alone[n:], atol=ATOL, rtol=0)
+
+
 def test_pipeline_batch_size_two_equals_one(tiny_run: Path) -> None:
     model = load(tiny_run, 2)
     tok = build_char_tokenizer()
