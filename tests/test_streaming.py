@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import pipeline
-
 import sleepify  # noqa: F401
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.errors import SleepifyError
@@ -111,6 +109,8 @@ def test_rows_of_one_phase_decode_as_one_batch(tiny_run: Path, passes: int, evic
 
 
 def test_pipeline_batch_size_two_equals_one(tiny_run: Path) -> None:
+    from transformers import pipeline  # imported here: it imports the optional `kernels` package
+
     model = load(tiny_run, 2)
     tok = build_char_tokenizer()
     pipe = pipeline("text-generation", model=model, tokenizer=tok)
