@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 import sleepify  # noqa: F401
 from sleepify.data.tokenizer import build_char_tokenizer
 from sleepify.errors import SleepifyError
