@@ -232,3 +232,37 @@ def test_config_states_the_context_and_the_window_fits_it(tiny_run: Path) -> Non
     with pytest.warns(UserWarning, match="larger than the base model's context"):
         plan = plan_conversion(base, load_recipe(overrides=["sleep.window=1024"]).recipe)
     assert plan.window == 1024
+
+
+def test_lm_eval_harness_batch_one_equals_four(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lm-evaluation-harness on the export (``--model hf``, trust_remote_code) with a local YAML + JSONL task
+    (tests/lm_eval_task): generate_until gives the same generations at batch size 1 and 4, loglikelihood
+    the same values within fp32 1e-5."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from sleepify.export import export
+
+    folder = tmp_path / "export"
+    export(tiny_run, folder, log=None)
+    monkeypatch.chdir(Path(__file__).parent / "lm_eval_task")  # the YAMLs name their JSONL relatively
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    tasks = TaskManager(include_path=str(Path.cwd()))
+    samples = {}
+    for batch_size in (1, 4):
+        out = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=f"pretrained={folder},trust_remote_code=True,dtype=float32",
+            tasks=["sleepify_tiny_mc", "sleepify_tiny_gen"],
+            batch_size=batch_size,
+            device="cpu",
+            task_manager=tasks,
+            log_samples=True,
+        )
+        samples[batch_size] = {task: [s["resps"] for s in rows] for task, rows in out["samples"].items()}
+    assert samples[1]["sleepify_tiny_gen"] == samples[4]["sleepify_tiny_gen"]
+    one = torch.tensor([[float(r[0][0]) for r in row] for row in samples[1]["sleepify_tiny_mc"]])
+    four = torch.tensor([[float(r[0][0]) for r in row] for row in samples[4]["sleepify_tiny_mc"]])
+    torch.testing.assert_close(one, four, atol=ATOL, rtol=0)
