@@ -14,9 +14,12 @@ So the logits of every token equal those of the full-sequence forward over the p
 token (tested), and a decode step costs one wake forward over one token whatever ``N`` and however long the
 stream already is (plus, once every ``L`` tokens, one consolidation).
 
-:class:`SleepDecoder` is the stream; :class:`SleepCache` wraps it as a transformers ``Cache`` so that
-``model.generate()`` decodes incrementally too; :func:`generate` is the sampling loop used by
-``sleepify generate`` (greedy / temperature / top-p, batches with left padding, stop strings, streaming).
+:class:`SleepDecoder` is the stream (windows over its batch's columns); :class:`SleepStreams` is a batch
+of them in which every row's windows count its own tokens (a row computes what it computes alone);
+:class:`SleepCache` wraps that as a transformers ``Cache``: the model's streaming contract
+(``model(chunk, past_key_values=cache, use_cache=True)``) and ``model.generate()``; :func:`generate` is the
+sampling loop used by ``sleepify generate`` (greedy / temperature / top-p, batches with padding, stop
+strings, streaming).
 """
 
 from __future__ import annotations
