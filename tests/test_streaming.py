@@ -243,7 +243,7 @@ def test_lm_eval_harness_batch_one_equals_four(
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from sleepify.export import export
+    from sleepify.stages.export import export
 
     folder = tmp_path / "export"
     export(tiny_run, folder, log=None)

@@ -514,7 +514,7 @@ def model_card(
         "",
         f"model_id = {json.dumps(repo)}",
         "model = AutoModelForCausalLM.from_pretrained(model_id, trust_remote_code=True)",
-        "tok = AutoTokenizer.from_pretrained(model_id)",
+        "tok = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)  # else it asks (config.json)",
         'ids = tok("The capital of France is", return_tensors="pt").input_ids',
         "out = model.generate(ids, max_new_tokens=32)  # incremental decoding; sleeps at every full window",
         "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))",
