@@ -100,6 +100,17 @@ def register_models() -> None:
         except ModuleNotFoundError as err:
             if err.name != name:
                 raise
+    # A model loaded from an export through the package writes the export's remote code when re-saved
+    # (the kernel cannot import sleepify.remote_code itself: it sits above the kernel).
+    hybrid = sys.modules.get("sleepify.models.hybrid.modeling_sleep_hybrid")
+    if hybrid is not None:
+        hybrid.SleepHybridPreTrainedModel._write_remote_code = staticmethod(_write_remote_code)
+
+
+def _write_remote_code(folder: Any) -> None:
+    from sleepify.remote_code import write_remote_code
+
+    write_remote_code(folder)
 
 
 class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):

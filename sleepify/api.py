@@ -27,6 +27,7 @@ __all__ = [
     "bench",
     "convert",
     "evaluate",
+    "evaluate_tasks",
     "export",
     "generate",
     "make_data",
@@ -245,6 +246,35 @@ def evaluate(
         log=log.info,
     )
     return {**report, "out": str(out_dir)}
+
+
+def evaluate_tasks(
+    model: str | Path | None,
+    tasks: Sequence[str],
+    *,
+    N: int | Sequence[int] | None = None,
+    batch_size: int = 1,
+    limit: int | None = None,
+    include_path: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str | None = None,
+    runs_root: str | Path = "runs",
+) -> dict[str, Any]:
+    """lm-evaluation-harness ``tasks`` on ``model`` once per sleep-pass count in ``N`` (default: the
+    trained N): the harness's numbers as a table task x N in ``eval.json`` / ``eval.md`` (needs the
+    ``sleepify[eval]`` extra; ``include_path``: a folder of task YAMLs of your own).
+
+    Example::
+
+        report = sleepify.api.evaluate_tasks("exports/tiny", ["hellaswag"], N=[1, 2, 4], batch_size=8)
+    """
+    from sleepify.evaluation.harness import run_harness
+
+    passes = [N] if isinstance(N, int) else list(N or [])
+    return run_harness(
+        model, list(tasks), passes, out=out, batch_size=batch_size, limit=limit,
+        include_path=include_path, device=device, runs_root=runs_root,
+    )  # fmt: skip
 
 
 def export(

@@ -266,3 +266,44 @@ def test_lm_eval_harness_batch_one_equals_four(
     one = torch.tensor([[float(r[0][0]) for r in row] for row in samples[1]["sleepify_tiny_mc"]])
     four = torch.tensor([[float(r[0][0]) for r in row] for row in samples[4]["sleepify_tiny_mc"]])
     torch.testing.assert_close(one, four, atol=ATOL, rtol=0)
+
+
+def test_sleepify_eval_tasks_table_across_n(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sleepify eval MODEL --tasks ... --N 1,2`` runs the harness per N and writes the table task x N."""
+    pytest.importorskip("lm_eval")
+    import json
+
+    from click.testing import CliRunner
+
+    from sleepify.cli.main import cli
+
+    tasks = Path(__file__).parent / "lm_eval_task"
+    monkeypatch.chdir(tasks)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = tmp_path / "eval"
+    args = ["eval", str(tiny_run), "--tasks", "sleepify_tiny_mc,sleepify_tiny_gen", "--N", "1,2"]
+    args += ["--include-path", str(tasks), "--limit", "4", "--batch-size", "2", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "| sleepify_tiny_mc | acc,none | " in result.output and "N = 2" in result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert report["N"] == [1, 2] and set(report["results"]) == {"sleepify_tiny_mc", "sleepify_tiny_gen"}
+    assert all(set(by_n) == {"1", "2"} for by_n in report["results"].values())
+    assert (out / "eval.md").read_text().count("\n") >= 4
+
+
+def test_sleepify_eval_tasks_without_the_harness_is_one_line(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import sys
+
+    from sleepify.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if it were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tiny_run), "--tasks", "hellaswag"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'sleepify[eval]'" in err

@@ -63,6 +63,13 @@ def parse_passes(value: str | None) -> list[int]:
 )
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
 @click.option("--no-plot", is_flag=True, help="Do not write eval.png.")
+@click.option(
+    "--tasks",
+    help="lm-evaluation-harness tasks (comma-separated) instead of the held-out split: the harness's "
+    "numbers per task and N (needs sleepify[eval]).",
+)
+@click.option("--include-path", type=click.Path(), help="With --tasks: a folder of task YAMLs of your own.")
+@click.option("--limit", type=int, help="With --tasks: at most this many documents per task.")
 @dry_run_option
 @verbosity_options
 def eval_cmd(
@@ -76,6 +83,9 @@ def eval_cmd(
     recipes: tuple[str, ...],
     device: str | None,
     no_plot: bool,
+    tasks: str | None,
+    include_path: str | None,
+    limit: int | None,
     dry_run: bool,
 ) -> None:
     """Exact-match accuracy and mean answer-token loss per difficulty bucket on the held-out split (task,
@@ -85,7 +95,8 @@ def eval_cmd(
     several (e.g. runs trained with N = 1, 2, 4) to compare them in one table and plot. Each row is run
     through the model's forward exactly as in training: the context is slept on and evicted, and the
     answers are predicted in one wake pass (teacher-forced greedy exact match). Writes eval.json, eval.md
-    and eval.png.
+    and eval.png. With --tasks, lm-evaluation-harness tasks instead (one model; --N 1,2,4 gives a table
+    task x N in eval.json / eval.md).
     """
     import sleepify.api as api
     from sleepify.evaluation.metrics import EvalError
@@ -96,6 +107,10 @@ def eval_cmd(
         raise EvalError(f"--batch-size must be >= 1, got {batch_size}")
     if max_examples is not None and max_examples < 1:
         raise EvalError(f"--max-examples must be >= 1, got {max_examples}")
+    if tasks is not None:
+        _harness(sources, overrides, tasks, passes, data_path, out, batch_size, limit, include_path, device,
+                 dry_run)  # fmt: skip
+        return
     if dry_run:
         click.echo(api.plan_eval(sources or None, data_path, N=parse_passes(passes), split=split,
                                  recipe=list(recipes), overrides=list(overrides)))  # fmt: skip
@@ -115,4 +130,41 @@ def eval_cmd(
         plot=not no_plot,
     )
     click.echo(format_table(report))  # the result itself: shown under --quiet too
+    echo_info(f"wrote {report['out']}")
+
+
+def _harness(
+    sources: list[str],
+    overrides: list[str],
+    tasks: str,
+    passes: str | None,
+    data_path: str | None,
+    out: str | None,
+    batch_size: int | None,
+    limit: int | None,
+    include_path: str | None,
+    device: str | None,
+    dry_run: bool,
+) -> None:
+    """``sleepify eval MODEL --tasks ...``: lm-evaluation-harness across N."""
+    import sleepify.api as api
+    from sleepify.evaluation.harness import format_harness_table
+    from sleepify.evaluation.metrics import EvalError
+
+    if data_path is not None or overrides:
+        raise EvalError("--tasks runs the harness's own tasks: drop --data and KEY=VALUE overrides")
+    if len(sources) > 1:
+        raise EvalError("--tasks evaluates one model (compare N with --N 1,2,4)")
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be >= 1, got {limit}")
+    names = [t for t in tasks.replace(" ", "").split(",") if t]
+    if dry_run:
+        n = ", ".join(map(str, parse_passes(passes))) or "the trained N"
+        click.echo(f"would run lm-evaluation-harness tasks {', '.join(names)} with N = {n}")
+        return
+    report = api.evaluate_tasks(
+        sources[0] if sources else None, names, N=parse_passes(passes), batch_size=batch_size or 1,
+        limit=limit, include_path=include_path, out=out, device=device,
+    )  # fmt: skip
+    click.echo(format_harness_table(report))
     echo_info(f"wrote {report['out']}")

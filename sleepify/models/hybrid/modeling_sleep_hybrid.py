@@ -16,7 +16,6 @@ The forward is :func:`sleepify.sleep.sleep_forward` over the blocks in ``config.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,9 +117,11 @@ class SleepHybridPreTrainedModel(PreTrainedModel):
         installed package writes the export's remote code beside it too, so the copy loads without sleepify
         as the export did (a remote-code copy of the class gets its files from transformers itself)."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if getattr(self.config, "auto_map", None) and type(self).__module__.startswith("sleepify."):
-            # imported by name: the remote-code bundle must not follow this import
-            importlib.import_module("sleepify.remote_code").write_remote_code(save_directory)
+        if getattr(self.config, "auto_map", None) and self._write_remote_code is not None:
+            self._write_remote_code(save_directory)
+
+    # set by sleepify.register_models() (the package writes the bundle; the remote-code copy has none)
+    _write_remote_code: Any = None
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "initializer_range", 0.02) or 0.02
