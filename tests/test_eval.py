@@ -423,3 +423,35 @@ def test_report_goes_into_a_shared_folder_and_an_eval_only_dataset(
     report = json.loads((shared / "eval.json").read_text())
     assert report["data"]["rows"] == 5 and report["data"]["split"] == "test"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["only-test", "shared"]  # no temporary, no lock
+
+
+def test_plot_draws_bars_for_one_bucket(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """One difficulty bucket (e.g. a sweep over N at one t): a bar per result in each panel, not lone dots;
+    several buckets: a curve per result."""
+    import matplotlib.axes
+
+    from sleepify.evaluation.report import plot_report
+
+    calls = {"bar": 0, "plot": 0}
+    for name in calls:
+        original = getattr(matplotlib.axes.Axes, name)
+        monkeypatch.setattr(
+            matplotlib.axes.Axes,
+            name,
+            lambda self, *a, _o=original, _n=name, **k: (
+                calls.__setitem__(_n, calls[_n] + 1),
+                _o(self, *a, **k),
+            )[1],
+        )
+    data = {"bucket": "t", "split": "test", "rows": 8, "task": "rule110"}
+
+    def result(label: str, buckets: list[str]) -> dict:
+        return {"label": label, "buckets": {b: {"accuracy": 0.5, "loss": 1.0} for b in buckets}}
+
+    one = {"data": data, "results": [result("N = 1", ["4"]), result("N = 4", ["4"])]}
+    plot_report(one, tmp_path / "one.png")
+    assert calls == {"bar": 4, "plot": 0}  # two results x two panels
+    many = {"data": data, "results": [result("N = 1", ["2", "4"])]}
+    plot_report(many, tmp_path / "many.png")
+    assert calls == {"bar": 4, "plot": 2}
+    assert (tmp_path / "one.png").stat().st_size > 0 and (tmp_path / "many.png").stat().st_size > 0

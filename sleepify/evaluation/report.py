@@ -154,14 +154,24 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     buckets = _all_buckets(report)
     xs = list(range(len(buckets)))
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    for r in report["results"]:
+    single = len(buckets) == 1  # one difficulty: a bar per result (lone dots would show nothing)
+    for i, r in enumerate(report["results"]):
         acc = [_nan(r["buckets"].get(b, {}).get("accuracy")) for b in buckets]
         loss = [_nan(r["buckets"].get(b, {}).get("loss")) for b in buckets]
-        ax_acc.plot(xs, acc, marker="o", label=r["label"])
-        ax_loss.plot(xs, loss, marker="o", label=r["label"])
+        if single:
+            ax_acc.bar([i], acc, label=r["label"])
+            ax_loss.bar([i], loss, label=r["label"])
+        else:
+            ax_acc.plot(xs, acc, marker="o", label=r["label"])
+            ax_loss.plot(xs, loss, marker="o", label=r["label"])
     for ax, what in ((ax_acc, "exact-match accuracy"), (ax_loss, "answer-token loss (nats)")):
-        ax.set_xticks(xs, buckets)
-        ax.set_xlabel(data["bucket"])
+        if single:
+            labels = [r["label"] for r in report["results"]]
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_xlabel(f"{data['bucket']} = {buckets[0]}")
+        else:
+            ax.set_xticks(xs, buckets)
+            ax.set_xlabel(data["bucket"])
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.legend()
