@@ -37,6 +37,7 @@ __all__ = [
     "plan_eval",
     "plan_export",
     "plan_push",
+    "plot",
     "push",
     "run",
     "train",
@@ -275,6 +276,24 @@ def evaluate_tasks(
         model, list(tasks), passes, out=out, batch_size=batch_size, limit=limit,
         include_path=include_path, device=device, runs_root=runs_root,
     )  # fmt: skip
+
+
+def plot(
+    runs: str | Path | Sequence[str | Path],
+    out: str | Path = "curves.png",
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """Training curves (loss, learning rate, gradient norm against the step) of one or several runs
+    overlaid in one PNG: a run folder (its train, else warmup stage) or a stage folder holding
+    ``metrics.jsonl``. Returns the PNG's path.
+
+    Example::
+
+        sleepify.api.plot(["runs/r110-n1", "runs/r110-n4"], "n1-vs-n4.png")
+    """
+    from sleepify.training.curves import plot_curves
+
+    return plot_curves([runs] if isinstance(runs, (str, Path)) else list(runs), out, labels)
 
 
 def export(

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "export": "sleepify.cli.export_cmd:export",
     "generate": "sleepify.cli.generate_cmd:generate",
     "push": "sleepify.cli.push_cmd:push",
+    "plot": "sleepify.cli.plot_cmd:plot",
     "bench": "sleepify.cli.bench_cmd:bench",
     "quickstart": "sleepify.cli.quickstart_cmd:quickstart",
     "doctor": "sleepify.cli.doctor_cmd:doctor",
@@ -51,6 +52,7 @@ SUMMARIES: dict[str, str] = {
     "models": "List what `sleepify convert` accepts: the model aliases (Hub id and default recipe), the "
     "built-in models (`builtin:NAME`, trained from scratch), and the architectures (config.json "
     "model_type) a local folder or Hub id may have; those get a default plan when no recipe gives one.",
+    "plot": "Plot the training curves (loss, learning rate, gradient norm) of runs, overlaid in one PNG.",
     "push": "Upload DIR (a `sleepify export` folder) to the Hub; the token is --token, HF_TOKEN or the "
     "saved login.",
     "quickstart": "Run data -> convert -> warmup -> train -> eval -> export -> generate on a tiny embedded "

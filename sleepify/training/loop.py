@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -262,6 +263,7 @@ def train(
                 },
                 keep=train_cfg.keep_checkpoints,
             )
+            _write_curves(log)
         if fsdp:
             barrier()
 
@@ -335,6 +337,19 @@ def train(
         bar.close()
         log.close()
     return TrainResult(step=step, losses=losses, run_dir=run_dir)
+
+
+def _write_curves(log: MetricsLog) -> None:
+    """``curves.png`` next to ``metrics.jsonl`` (at every checkpoint); a picture that cannot be drawn is a
+    warning, never the end of a run."""
+    if not (log.enabled and log.path.is_file()):
+        return
+    from sleepify.training.curves import CURVES_FILE, plot_curves
+
+    try:
+        plot_curves([log.path.parent], log.path.parent / CURVES_FILE)
+    except Exception as err:  # noqa: BLE001  (matplotlib, a full disk, ...: training goes on)
+        logging.getLogger(__name__).warning("could not draw %s: %s", CURVES_FILE, err)
 
 
 def init_distributed() -> bool:

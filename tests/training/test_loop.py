@@ -208,3 +208,26 @@ def test_resume_with_tied_embeddings(tmp_path: Path) -> None:
     assert rest.losses == pytest.approx(full.losses[3:], abs=1e-6)
     assert resumed_model.lm_head.weight is resumed_model.embed_tokens.weight
     torch.testing.assert_close(resumed_model.embed_tokens.weight, full_model.embed_tokens.weight)
+
+
+def test_curves_png_at_every_checkpoint_and_plot_overlays_runs(tmp_path: Path) -> None:
+    """train writes curves.png next to metrics.jsonl at each checkpoint; `sleepify plot` overlays runs."""
+    import matplotlib.image
+    from click.testing import CliRunner
+
+    from sleepify.cli.main import cli
+    from sleepify.training.curves import read_metrics
+
+    a, b = tmp_path / "a" / "train", tmp_path / "b" / "train"
+    train(TinyLM(), dataset(), cfg(steps=4, checkpoint_every=2, clip_grad_norm=1.0), a, progress=False)
+    png = a / "curves.png"
+    assert png.is_file() and matplotlib.image.imread(png).shape[1] > 1000  # three panels side by side
+    first = png.stat().st_mtime_ns
+    train(TinyLM(), dataset(), cfg(steps=2), b, progress=False)
+    assert {"loss", "lr_muon", "grad_norm"} <= set(read_metrics(a / "metrics.jsonl")[-1])
+    out = tmp_path / "n1-vs-n4.png"
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path / "a"), str(b), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and png.stat().st_mtime_ns == first  # the runs' own pictures are left alone
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
+    assert result.exit_code != 0 and "holds no metrics.jsonl" in str(result.exception or result.output)
