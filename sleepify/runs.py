@@ -24,6 +24,7 @@ from sleepify.config.loader import RESOLVED_RECIPE_FILE
 from sleepify.errors import ModelLoadError, SleepifyError
 
 __all__ = [
+    "training_stage_dirs",
     "DTYPES",
     "EVAL_DIR",
     "LATEST_POINTER",
@@ -156,6 +157,12 @@ def stage_dir(model_dir: Path, stage: str, out: str | Path | None = None) -> Pat
         return Path(out)
     name_dir = model_dir.parent.parent if model_dir.name == MODEL_DIR else model_dir.parent
     return name_dir / stage
+
+
+def training_stage_dirs(run_dir: Path) -> list[Path]:
+    """A run folder's training stage folders, the latest stage first (train, then warmup): where their
+    ``metrics.jsonl`` and ``curves.png`` are."""
+    return [Path(run_dir) / stage for stage in reversed(TRAIN_STAGES)]
 
 
 def eval_dir(model_dir: Path) -> Path:

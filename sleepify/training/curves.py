@@ -33,8 +33,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def find_metrics(run: str | Path) -> Path:
     """``metrics.jsonl`` of a stage folder, or of a run folder's train (else warmup) stage."""
+    from sleepify.runs import training_stage_dirs
+
     path = Path(run)
-    for candidate in (path / METRICS_FILE, path / "train" / METRICS_FILE, path / "warmup" / METRICS_FILE):
+    for candidate in [path / METRICS_FILE] + [d / METRICS_FILE for d in training_stage_dirs(path)]:
         if candidate.is_file():
             return candidate
     if path.is_file() and path.name == METRICS_FILE:
