@@ -1,15 +1,54 @@
-"""Errors that the CLI reports as one clear line (no traceback)."""
+"""Errors that the CLI reports as one clear line (no traceback), and the helpers that keep that line short.
+
+Every user-facing message goes through :class:`SleepifyError`, which folds it onto one line and caps its
+length; a user's value (a recipe entry, an override, a path) is put into a message with :func:`shown`,
+which never builds more than a bounded repr, whatever the value holds (a YAML alias bomb expands to
+billions of items, and formatting it whole would exhaust memory before the cap applies).
+"""
 
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+
+MAX_MESSAGE = 2000  # characters of one error line; a longer message is cut with an ellipsis
+MAX_VALUE = 80  # characters of one user value quoted in a message
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 2, 4, 4, 4, 4
+_repr.maxstring = _repr.maxother = _repr.maxlong = MAX_VALUE
+
+
+def shown(value: object, limit: int = MAX_VALUE) -> str:
+    """``repr(value)`` bounded in time, memory and length: at most a few items of each container, two
+    levels deep, ``limit`` characters in all (the one formatter for user values in error messages)."""
+    text = _repr.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clip(text: str, limit: int = MAX_VALUE) -> str:
+    """A user string (a name, a path, an override) cut to ``limit`` characters for a message."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line (line breaks become spaces) and at most ``limit`` characters."""
+    text = " ".join(str(text)[: limit * 2].split())
+    return clip(text, limit)
 
 
 class SleepifyError(Exception):
-    """A user-facing error: the message names the problem and the fix."""
+    """A user-facing error: the message names the problem and the fix, on one bounded line.
+
+    Each subclass is a family of messages that docs/troubleshooting.md lists (``tests/test_errors_doc.py``
+    checks that every class is documented there)."""
 
     exit_code = 2
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(one_line(str(message)), *args)
 
 
 class RecipeError(SleepifyError):
@@ -20,8 +59,16 @@ class ModelLoadError(SleepifyError):
     """A checkpoint that cannot be loaded (unknown alias, mismatched weights, unreachable Hub)."""
 
 
+class ModelSanityError(ModelLoadError):
+    """A model whose weights are not finite (NaN / Inf): loading it would give garbage, not an error."""
+
+
 class TrainingError(SleepifyError):
-    """A run that must stop (NaN/Inf loss, nothing to resume)."""
+    """A run that must stop (NaN/Inf loss, nothing to resume, a damaged checkpoint)."""
+
+
+class OutputError(SleepifyError):
+    """An output location that cannot be written (read-only, immutable, not a folder, permission)."""
 
 
 class Interrupted(SleepifyError):
@@ -41,11 +88,55 @@ class Terminated(KeyboardInterrupt):
     exit_code = 143
 
 
+# Other words users write for a key: the suggestion looks for the canonical word among the valid keys.
+ALIASES = {
+    "lr": "lr",
+    "learning_rate": "lr",
+    "learningrate": "lr",
+    "epochs": "steps",
+    "max_steps": "steps",
+    "iterations": "steps",
+    "bs": "batch_size",
+    "batch": "batch_size",
+    "n": "passes",
+    "sleep_passes": "passes",
+}
+
+
+def _tokens(name: str) -> set[str]:
+    return {t for t in name.replace("-", "_").split("_") if t}
+
+
 def closest(name: str, choices: Iterable[str], n: int = 1) -> list[str]:
-    """The closest valid names to ``name`` (for "did you mean" hints)."""
-    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.4)
+    """The closest valid names to ``name`` (for "did you mean" hints).
+
+    Dotted keys (``train.lr``) are matched on their last component too: a near-identical spelling among
+    the siblings first, then valid keys whose last component contains the word (or its alias: ``lr`` ->
+    ``train.optimizer.muon_lr``, ``train.optimizer.adamw_lr``), then any similar spelling."""
+    name = clip(name, 200)  # difflib is quadratic in the length
+    choices = list(dict.fromkeys(choices))
+    parent, _, leaf = name.rpartition(".")
+    siblings = [c for c in choices if c.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(name, siblings, n=n, cutoff=0.8)
+    if close:
+        return close
+    word = ALIASES.get(leaf.lower(), leaf.lower())
+    if word:
+        by_word = [
+            c for c in choices if word in _tokens(c.rpartition(".")[2]) or word == c.rpartition(".")[2]
+        ]
+        leaf_of = {c: c.rpartition(".")[2] for c in by_word}  # the key is the word, ends with it, has it
+        rank = {c: 0 if leaf_of[c] == word else 1 if leaf_of[c].endswith("_" + word) else 2 for c in by_word}
+        by_word.sort(
+            key=lambda c: (rank[c], not c.startswith(parent + "."), c.count("."), len(leaf_of[c]), c)
+        )
+        if by_word:
+            return by_word[: max(n, 2)]
+    return difflib.get_close_matches(name, choices, n=n, cutoff=0.4)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     match = closest(name, choices)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    if not match:
+        return ""
+    return " (did you mean " + " or ".join(f"'{m}'" for m in match) + "?)"

@@ -26,20 +26,103 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sleepify.errors import SleepifyError
+from sleepify.errors import OutputError, SleepifyError, clip
 
 log = logging.getLogger(__name__)
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-\d+$")
 
 
+# errno -> what it means for the path, and what to do (the one classification of OS errors on outputs)
+OS_ERRORS = {
+    errno.EROFS: ("is on a read-only file system", "choose an --out on a writable file system"),
+    errno.EPERM: (
+        "cannot be changed (operation not permitted: an immutable folder, `chattr +i`?)",
+        "lift the protection (chattr -i) or choose another --out",
+    ),
+    errno.EACCES: (
+        "is not writable by this user (permission denied)",
+        "fix its permissions or choose another --out",
+    ),
+    errno.ENOTDIR: ("is not a folder (it, or a folder above it, is a file)", "choose another --out"),
+    errno.EISDIR: ("is a folder where a file was expected", "choose another --out"),
+    errno.EEXIST: ("already exists as a file", "choose another --out"),
+    errno.ENOENT: (
+        "could not be written: a folder it needs was deleted while the command ran",
+        "run it again",
+    ),
+    errno.ENAMETOOLONG: ("has a name too long for the file system", "choose a shorter --out"),
+    errno.ELOOP: ("is a loop of symbolic links", "choose another --out"),
+}
+
+
+def os_error_message(err: BaseException, where: Path | str | None = None) -> str | None:
+    """The one line for an OS error while writing an output (a full disk, a read-only or immutable
+    location, a path that is a file, a missing permission, a folder deleted mid-run), naming ``where``
+    (else the file the error names); None for any other error."""
+    full = disk_full_message(err, Path(where) if where else None)
+    if full is not None:
+        return full
+    if not isinstance(err, OSError) or err.errno not in OS_ERRORS:
+        return None
+    path = where or err.filename or "the output"
+    meaning, todo = OS_ERRORS[err.errno]
+    named = err.filename if where and err.filename and str(err.filename) != str(where) else None
+    at = f" ({clip(str(named), 200)})" if named else ""
+    return f"{clip(str(path), 300)} {meaning}{at}: {todo}; nothing was replaced"
+
+
+@contextlib.contextmanager
+def output_errors(where: Path | str | None = None, *, under: Path | None = None) -> Iterator[None]:
+    """OS errors in the block (see :func:`os_error_message`) as one :class:`OutputError` line naming
+    ``where``; used where outputs are created, locked and published. ``under``: only errors on a file in
+    this folder are the output's (a stage body also reads inputs, whose errors are not)."""
+    try:
+        yield
+    except SleepifyError:
+        raise
+    except OSError as err:
+        message = os_error_message(err, where)
+        theirs = under is not None and (err.filename is None or not is_inside(Path(err.filename), under))
+        if message is None or theirs:
+            raise
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(message) from None
+        raise OutputError(message) from None
+
+
+def check_output_path(final: Path, flag: str = "--out") -> None:
+    """One line when ``final`` (or a folder above it) exists and is not a folder: nothing can go there."""
+    probe = Path(final)
+    while True:
+        if probe.exists() or probe.is_symlink():
+            if not probe.is_dir():
+                what = f"{flag} {final}" if probe == Path(final) else f"{flag} {final}: {probe}"
+                raise OutputError(f"{clip(what, 300)} is a file, not a folder: choose another {flag}")
+            return
+        if probe == probe.parent:
+            return
+        probe = probe.parent
+
+
 def publish_folder(tmp: Path, final: Path) -> None:
     """Move the complete folder ``tmp`` to ``final``. An existing ``final`` is moved aside first and
     removed only after the new folder is in place (a rename is atomic within one filesystem)."""
+    with output_errors(final):
+        _publish(tmp, final)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    if not tmp.is_dir():  # the folder being built was deleted under us: the old output stays
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(tmp))
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
         final.rename(old)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except BaseException:
+            old.rename(final)  # put the old output back: a failed publish changes nothing
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
@@ -96,13 +179,19 @@ def staging(
     """A fresh temporary sibling of ``final`` to build the output in; removed if the block fails (the
     caller publishes it with :func:`publish_folder` as the block's last step). A full disk inside the
     block is one line naming ``names`` (default ``final``; e.g. where the output ends up when ``final``
-    itself lies in a folder being built aside), ``need`` bytes when given, and ``hint`` (what to do)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(final)
-    tmp = temp_sibling(final)
-    tmp.mkdir()
+    itself lies in a folder being built aside), ``need`` bytes when given, and ``hint`` (what to do). Any
+    other OS error on the output (read-only, immutable, not a folder, deleted mid-run) is one line too."""
+    check_output_path(final)
+    with output_errors(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(final)
+        tmp = temp_sibling(final)
+        tmp.mkdir()
     try:
-        with disk_full_names(names or final, need, hint, outer=True):
+        with (
+            output_errors(names or final, under=final.parent),
+            disk_full_names(names or final, need, hint, outer=True),
+        ):
             yield tmp
     finally:
         if tmp.exists():
@@ -129,10 +218,11 @@ def refuse_inside(inp: Path, out: Path, flag: str = "--out") -> None:
 
 def write_pointer(pointer: Path, target: Path) -> None:
     """Write ``runs/latest`` (one line: a folder's absolute path) atomically."""
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pointer.parent / f".{pointer.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    tmp.write_text(str(Path(target).resolve()) + "\n")
-    os.replace(tmp, pointer)
+    with output_errors(pointer):
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pointer.parent / f".{pointer.name}.tmp-{os.getpid()}-{time.time_ns()}"
+        tmp.write_text(str(Path(target).resolve()) + "\n")
+        os.replace(tmp, pointer)
 
 
 _UNITS = ("B", "KB", "MB", "GB", "TB")  # binary (1 KB = 1024 B), as disk tools print them
@@ -269,6 +359,11 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> RunLock:
+        check_output_path(self.folder)
+        with output_errors(self.folder):
+            return self._acquire()
+
+    def _acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(3):

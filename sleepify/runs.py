@@ -21,7 +21,7 @@ from typing import Any
 
 from sleepify.config.dtypes import DTYPE_ALIASES, DTYPES
 from sleepify.config.loader import RESOLVED_RECIPE_FILE
-from sleepify.errors import ModelLoadError, SleepifyError
+from sleepify.errors import ModelLoadError, SleepifyError, clip, shown
 
 __all__ = [
     "training_stage_dirs",
@@ -265,19 +265,26 @@ def read_provenance(recipe_file: str | Path) -> dict[str, Any]:
 # loading a model folder
 
 
-def load_model(model_dir: Path | str, dtype: Any = "auto") -> Any:
+def load_model(model_dir: Path | str, dtype: Any = "auto", model_type: str = "sleep_hybrid") -> Any:
     """``AutoModelForCausalLM.from_pretrained`` in ``dtype`` (a recipe name such as ``bfloat16`` / ``bf16``,
-    a torch dtype, or ``"auto"``) with every way a model folder can be broken (truncated or random
-    safetensors, weights that do not match config.json, pickle files) as one line."""
+    a torch dtype, or ``"auto"``) with every way a model folder can be broken as one line: ``config.json``
+    unreadable or of another architecture (said as such, before any weight is read), weights only in
+    pickle files (sleepify reads safetensors only, as ``convert`` does), truncated or random safetensors,
+    weights that do not match config.json, and weights that are not finite
+    (:func:`sleepify.sanity.check_weights`: train, eval, export and generate all load through here)."""
     from transformers import AutoModelForCausalLM
 
     import sleepify  # noqa: F401  (registers the model types)
+    from sleepify.sanity import check_weights
 
+    model_dir = Path(model_dir)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = torch_dtype(dtype)
+    check_config(model_dir, model_type)
+    require_safetensors(model_dir)
     try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    except Exception as err:  # noqa: BLE001  (safetensors, torch.load, config mismatches: many kinds)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
+    except Exception as err:  # noqa: BLE001  (safetensors, config mismatches: many kinds)
         if isinstance(err, OSError) and err.errno is not None:
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -285,3 +292,46 @@ def load_model(model_dir: Path | str, dtype: Any = "auto") -> Any:
             f"cannot load the model in {model_dir} ({type(err).__name__}: {first[:300]}): the weights are "
             "damaged or do not match its config.json; rerun the stage that wrote it"
         ) from None
+    check_weights(model, model_dir)
+    return model
+
+
+def check_config(model_dir: Path, model_type: str | None = "sleep_hybrid") -> dict[str, Any]:
+    """``config.json`` of ``model_dir`` as a dict; one line when it is missing, not JSON, or (with
+    ``model_type``) of another architecture."""
+    import json
+
+    file = Path(model_dir) / "config.json"
+    if not file.is_file():
+        raise ModelLoadError(f"{model_dir} is not a model folder (no config.json)")
+    try:
+        cfg = json.loads(file.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelLoadError(
+            f"{file} is not valid JSON ({clip(str(err), 120)}): rerun the stage that wrote it"
+        ) from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{file} is not a JSON object: rerun the stage that wrote it")
+    found = cfg.get("model_type")
+    if model_type is not None and found != model_type:
+        raise ModelLoadError(
+            f"{model_dir} is not a sleep-capable model (model_type {shown(found)}): pass a folder written by "
+            "sleepify convert, warmup or train (or an export of one)"
+        )
+    return cfg
+
+
+def require_safetensors(folder: Path) -> None:
+    """One rule for every stage: weights are read from safetensors only; pickle files are never handed to
+    ``torch.load`` (``convert`` refuses them the same way)."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise ModelLoadError(
+            f"{folder} has weights only as {', '.join(pickles[:3])} (pickle); sleepify reads safetensors "
+            "only. Convert them first, e.g. load with transformers and "
+            "save_pretrained(safe_serialization=True)"
+        )
+    raise ModelLoadError(f"{folder} holds no *.safetensors weights: rerun the stage that wrote it")

@@ -13,6 +13,28 @@ if TYPE_CHECKING:  # the recipe schema (pydantic) loads only when a command runs
     from sleepify.config import ResolvedRecipe
 
 
+MAX_INT = 2**31 - 1  # the same bound as the recipe schema's ints (sleepify/config/schema.py)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option in a range that is also finite (click's FloatRange lets ``inf`` and ``nan`` by)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def count(min: int = 0) -> click.IntRange:  # noqa: A002 - the name click uses
+    """An int option in ``[min, MAX_INT]``."""
+    return click.IntRange(min=min, max=MAX_INT)
+
+
 def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``-r/--recipe NAME_OR_FILE`` (repeatable, stacked left to right) and trailing ``key.sub=value``."""
     func = click.argument("overrides", nargs=-1, metavar="[KEY.SUB=VALUE]...")(func)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sleepify.cli.common import FiniteFloat, count
 from sleepify.errors import did_you_mean
 
 TASK_NAMES = ("rule110", "depo", "gsm-infinite", "prepare")
@@ -56,14 +57,14 @@ def _common(fn):
                       help="Print the task and its parameters; write nothing.")(fn)  # fmt: skip
     fn = click.option("-q", "--quiet", is_flag=True, callback=_quiet, help="No progress bar.")(fn)
     fn = click.option("--overwrite", is_flag=True, help="Replace an existing non-empty --out.")(fn)
-    fn = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(fn)
+    fn = click.option("--seed", type=count(0), default=0, show_default=True, help="Random seed.")(fn)
     fn = click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")(fn)
     return fn
 
 
 def _counts(n_train: int, n_test: int):
     def deco(fn):
-        counts = click.IntRange(min=0)
+        counts = count(0)
         fn = click.option("--n-test", type=counts, default=n_test, show_default=True,
                           help="Test examples (0: a train-only dataset).")(fn)  # fmt: skip
         fn = click.option("--n-train", type=counts, default=n_train, show_default=True,
@@ -77,7 +78,7 @@ def _counts(n_train: int, n_test: int):
 @_common
 @_counts(10_000, 1_000)
 @click.option("--t", "t_values", default="32", show_default=True, help="Rollout steps, e.g. 0,4,8,16,32.")
-@click.option("--width", type=int, default=24, show_default=True, help="Cells per state (= window L).")
+@click.option("--width", type=count(1), default=24, show_default=True, help="Cells per state (= window L).")
 def rule110_cmd(out, seed, overwrite, quiet, **params) -> None:
     """Four random Rule 110 states; answers = first bit of each after t steps (bucket = t)."""
     _run("rule110", out, seed, overwrite, quiet, **params)
@@ -86,15 +87,17 @@ def rule110_cmd(out, seed, overwrite, quiet, **params) -> None:
 @data.command("depo")
 @_common
 @_counts(10_000, 1_000)
-@click.option("--max-nodes", type=int, default=75, show_default=True)
-@click.option("--min-nodes", type=int, default=3, show_default=True)
-@click.option("--n-queries", type=int, default=10, show_default=True)
-@click.option("--max-k", type=int, default=16, show_default=True, help="Train k uniform in [1, max-k].")
+@click.option("--max-nodes", type=count(1), default=75, show_default=True)
+@click.option("--min-nodes", type=count(1), default=3, show_default=True)
+@click.option("--n-queries", type=count(1), default=10, show_default=True)
+@click.option("--max-k", type=count(1), default=16, show_default=True, help="Train k uniform in [1, max-k].")
 @click.option("--test-k", default=None, help="Test k values (default: powers of two <= max-k).")
 @click.option(
-    "--cycle-tokens", type=int, default=None, help="Left-padded cycle length (default 4*max-nodes)."
+    "--cycle-tokens", type=count(1), default=None, help="Left-padded cycle length (default 4*max-nodes)."
 )
-@click.option("--query-tokens", type=int, default=None, help="Right-padded query part (default 7*n-queries).")
+@click.option(
+    "--query-tokens", type=count(1), default=None, help="Right-padded query part (default 7*n-queries)."
+)
 @click.option("--arrow", default="", help="Text between an edge's two names (default none).")
 @click.option("--edge-sep", default="", help="Text after each edge (default none).")
 def depo_cmd(out, seed, overwrite, quiet, **params) -> None:
@@ -105,11 +108,17 @@ def depo_cmd(out, seed, overwrite, quiet, **params) -> None:
 @data.command("gsm-infinite")
 @_common
 @_counts(1_000, 200)
-@click.option("--min-ops", type=int, default=1, show_default=True)
-@click.option("--max-ops", type=int, default=8, show_default=True)
-@click.option("--min-tokens", type=int, default=2000, show_default=True, help="Shortest problem (tokens).")
-@click.option("--max-tokens", type=int, default=3300, show_default=True, help="Longest problem (tokens).")
-@click.option("--max-value", type=int, default=99, show_default=True, help="Values stay in [0, max-value].")
+@click.option("--min-ops", type=count(1), default=1, show_default=True)
+@click.option("--max-ops", type=count(1), default=8, show_default=True)
+@click.option(
+    "--min-tokens", type=count(1), default=2000, show_default=True, help="Shortest problem (tokens)."
+)
+@click.option(
+    "--max-tokens", type=count(1), default=3300, show_default=True, help="Longest problem (tokens)."
+)
+@click.option(
+    "--max-value", type=count(0), default=99, show_default=True, help="Values stay in [0, max-value]."
+)
 @click.option("--tokenizer", "tokenizer_name", default=None, help="Local path or Hub id (default: char).")
 @click.option(
     "--from-hub", default=None, help="Load a published GSM-Infinite dataset instead (needs the Hub)."
@@ -135,8 +144,14 @@ def gsm_cmd(out, seed, overwrite, quiet, **params) -> None:
 @click.option("--answer-regex", default=None, help="Take the last match (group 1) of this regex as answer.")
 @click.option("--sep", default=" ", show_default=True, help="Text between prompt and answer.")
 @click.option("--config", "config_name", default=None, help="Dataset config name (Hub datasets).")
-@click.option("--test-size", type=float, default=0.1, show_default=True, help="Fraction (<1) or count.")
-@click.option("--limit", type=int, default=None, help="At most this many rows per split.")
+@click.option(
+    "--test-size",
+    type=FiniteFloat(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Fraction (<1) or count.",
+)
+@click.option("--limit", type=count(1), default=None, help="At most this many rows per split.")
 def prepare_cmd(out, seed, overwrite, quiet, **params) -> None:
     """Tokenize any dataset with a text and an answer field into the same row format."""
     _run("prepare", out, seed, overwrite, quiet, **params)

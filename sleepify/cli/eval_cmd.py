@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sleepify.cli.common import dry_run_option, echo_info, progress_enabled, verbosity_options
+from sleepify.cli.common import count, dry_run_option, echo_info, progress_enabled, verbosity_options
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
@@ -48,8 +48,10 @@ def parse_passes(value: str | None) -> list[int]:
 )
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <first run>/eval).")
 @click.option("--split", help="Held-out split to score (default: data.eval_split = test).")
-@click.option("--batch-size", type=int, help="Rows per forward (default: eval.batch_size = 16).")
-@click.option("--max-examples", type=int, help="Score only the first N rows (default: eval.max_examples).")
+@click.option("--batch-size", type=count(1), help="Rows per forward (default: eval.batch_size = 16).")
+@click.option(
+    "--max-examples", type=count(1), help="Score only the first N rows (default: eval.max_examples)."
+)
 @click.option(
     "--N", "passes", help="Sleep passes to evaluate with instead of the trained N; a list (1,2,4) sweeps."
 )

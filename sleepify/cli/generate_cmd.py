@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from sleepify.cli.common import dry_run_option, verbosity_options
+from sleepify.cli.common import FiniteFloat, count, dry_run_option, verbosity_options
 from sleepify.errors import SleepifyError
 
 
@@ -27,17 +27,21 @@ from sleepify.errors import SleepifyError
     type=click.Path(exists=True, dir_okay=False),
     help="read a prompt from a file (repeat for a batch)",
 )
-@click.option("--max-new-tokens", type=int, default=128, show_default=True)
-@click.option("--temperature", type=float, help="sampling temperature (sampling unless --greedy)")
-@click.option("--top-p", type=float, help="nucleus sampling mass")
-@click.option("--top-k", type=int, help="sample among the k most likely tokens")
+@click.option("--max-new-tokens", type=count(1), default=128, show_default=True)
+@click.option(
+    "--temperature",
+    type=FiniteFloat(min=0, min_open=True),
+    help="sampling temperature (sampling unless --greedy)",
+)
+@click.option("--top-p", type=FiniteFloat(min=0, max=1, min_open=True), help="nucleus sampling mass")
+@click.option("--top-k", type=count(1), help="sample among the k most likely tokens")
 @click.option("--greedy", is_flag=True, help="argmax decoding (ignores temperature / top-p)")
-@click.option("--seed", type=int, default=0, show_default=True, help="sampling seed")
+@click.option("--seed", type=count(0), default=0, show_default=True, help="sampling seed")
 @click.option(
     "--stop", "stops", multiple=True, help="stop a sequence when its text contains STR (repeatable)"
 )
-@click.option("--batch-size", type=int, default=8, show_default=True, help="prompts decoded together")
-@click.option("--N", "passes", type=int, help="sleep passes per window (default: the model config)")
+@click.option("--batch-size", type=count(1), default=8, show_default=True, help="prompts decoded together")
+@click.option("--N", "passes", type=count(1), help="sleep passes per window (default: the model config)")
 @click.option("--backend", default="auto", show_default=True, help="ops backend: auto, torch, triton, ...")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda if available), cpu, cuda")
 @click.option(
@@ -82,12 +86,17 @@ def generate(
             text.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as lone surrogates
             raise SleepifyError(f"--prompt {i + 1} is not valid UTF-8 text") from None
+        if not text:
+            raise SleepifyError(f"--prompt {i + 1} is empty: give the text to continue")
     for name in prompt_files:
         try:
-            texts.append(Path(name).read_text(encoding="utf-8"))
+            text = Path(name).read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             msg = f"--prompt-file {name} is not UTF-8 text (byte {err.start}): save it as UTF-8"
             raise SleepifyError(msg) from None
+        if not text:
+            raise SleepifyError(f"--prompt-file {name} is empty: give a file with the text to continue")
+        texts.append(text)
     if not texts:
         raise click.UsageError("give a prompt: --prompt TEXT or --prompt-file FILE")
     if batch_size < 1:

@@ -14,7 +14,7 @@ import sys
 import click
 
 from sleepify import __version__
-from sleepify.errors import SleepifyError
+from sleepify.errors import SleepifyError, one_line
 from sleepify.threads import apply_thread_policy
 
 # command name -> "module:attribute"
@@ -126,30 +126,40 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a SleepifyError becomes one clear line on stderr and exit code 2 (a stopped run 130 on
-    SIGINT, 143 on SIGTERM); a full disk is one line too."""
+    SIGINT, 143 on SIGTERM); a usage error, a full disk and an OS error on a path are one line too."""
     import signal
 
     apply_thread_policy()  # before any command imports torch (the user's environment wins)
 
-    from sleepify.fsutil import disk_full_message
+    from sleepify.fsutil import os_error_message
 
     with contextlib.suppress(ValueError):  # not in the main thread (tests): keep the default
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="sleepify", standalone_mode=False)
     except click.exceptions.Abort as err:
-        code = getattr(err.__cause__, "exit_code", 130)
+        cause = err.__cause__
+        if isinstance(cause, EOFError):  # click turns EOFError into Abort: a truncated file, not Ctrl-C
+            _fail(f"unexpected end of a file ({one_line(str(cause)) or 'EOFError'}): a truncated input?")
+        code = getattr(cause, "exit_code", 130)
         click.echo("Terminated." if code == 143 else "Aborted.", err=True)
         sys.exit(code)
+    except click.UsageError as err:
+        ctx = err.ctx
+        where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        _fail(f"{one_line(err.format_message()).rstrip('.')}{where}", 2)
     except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
+        _fail(one_line(err.format_message()), 2)
     except SleepifyError as err:
         click.echo(f"{getattr(err, 'prefix', 'error')}: {err}", err=True)
         sys.exit(err.exit_code)
-    except Exception as err:  # a full disk anywhere (torch's zip writer, safetensors): one line too
-        message = disk_full_message(err)
+    except Exception as err:  # a full disk, a read-only or vanished path anywhere: one line too
+        message = os_error_message(err)
         if message is None:
             raise
-        click.echo(f"error: {message}", err=True)
-        sys.exit(2)
+        _fail(message)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)

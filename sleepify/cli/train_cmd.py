@@ -13,7 +13,14 @@ from pathlib import Path
 
 import click
 
-from sleepify.cli.common import dry_run_option, echo_info, progress_enabled, recipe_options, verbosity_options
+from sleepify.cli.common import (
+    count,
+    dry_run_option,
+    echo_info,
+    progress_enabled,
+    recipe_options,
+    verbosity_options,
+)
 from sleepify.errors import Interrupted, SleepifyError
 
 log = logging.getLogger("sleepify")
@@ -64,7 +71,7 @@ def _stage_command(stage: str, doc: str) -> click.Command:
     @click.option("--overwrite", is_flag=True, help="replace a non-empty run folder")
     @click.option(
         "--nproc",
-        type=int,
+        type=count(1),
         default=1,
         show_default=True,
         help="processes on this machine (re-launches itself through torchrun; DDP, or FSDP2 with "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sleepify.errors import RecipeError, did_you_mean
+from sleepify.errors import RecipeError, clip, did_you_mean, shown
 
 if TYPE_CHECKING:  # pydantic and the schema load on first validation, not when the CLI starts (~0.7 s)
     from pydantic import BaseModel, ValidationError
@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # pydantic and the schema load on first validation, not when 
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 RESOLVED_RECIPE_FILE = "recipe.yaml"
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; anything larger is not one
+MAX_RECIPE_VALUES = 100_000  # values after YAML aliases are expanded (an alias bomb reaches billions)
 
 
 class _Loader(yaml.SafeLoader):
@@ -47,10 +49,71 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, where: str = "<string>") -> Any:
+    """YAML -> Python, refusing (in one line) invalid YAML, documents over :data:`MAX_RECIPE_BYTES` and
+    documents whose aliases expand to more than :data:`MAX_RECIPE_VALUES` values or refer to themselves:
+    both are counted on the parsed (shared) objects, before anything copies, validates or formats them."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{where}: {len(text)} characters, more than a recipe holds ({MAX_RECIPE_BYTES})")
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as err:
-        raise RecipeError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise RecipeError(f"{where}: not valid YAML ({clip(str(err).splitlines()[0], 200)})") from None
+    except RecursionError:
+        raise RecipeError(f"{where}: nested too deeply to be a recipe") from None
+    size = expanded_size(data)
+    if size is None:
+        raise RecipeError(f"{where}: a YAML alias (*name) refers to a value that contains it (a cycle)")
+    if size > MAX_RECIPE_VALUES:
+        raise RecipeError(
+            f"{where}: its YAML aliases (*name) expand to more than {MAX_RECIPE_VALUES} values, more than a "
+            "recipe holds: write the values out, or use fewer aliases"
+        )
+    return data
+
+
+def expanded_size(data: Any) -> int | None:
+    """How many values ``data`` holds with every shared (aliased) object counted each time it is reached
+    (None: it contains itself). Linear in the number of distinct objects, whatever the expansion."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(obj: Any, depth: int = 0) -> int | None:
+        if not isinstance(obj, (dict, list)):
+            return 1
+        key = id(obj)
+        if key in sizes:
+            return sizes[key]
+        if key in active or depth > 500:
+            return None
+        active.add(key)
+        total = 1
+        for child in (*obj.keys(), *obj.values()) if isinstance(obj, dict) else obj:
+            n = size(child, depth + 1)
+            if n is None:
+                return None
+            total = min(total + n, 1 << 62)  # saturate: only "over the limit" matters
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(data)
+
+
+def read_text(path: Path, what: str = "recipe") -> str:
+    """A text file as UTF-8, with a binary, non-UTF-8, oversized or unreadable file as one line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as err:
+        raise RecipeError(f"cannot read the {what} {path}: {err.strerror or type(err).__name__}") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES} bytes: not a {what}")
+    if b"\0" in raw:
+        raise RecipeError(f"{path} is a binary file, not a YAML {what}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path} is not UTF-8 text (byte {err.start}): save the {what} as UTF-8") from None
 
 
 def recipes_dir() -> Path:
@@ -90,7 +153,9 @@ def find_recipe(ref: str, relative_to: Path | None = None) -> Path:
     if name in shipped:
         return shipped[name]
     hint = did_you_mean(name, shipped)
-    raise RecipeError(f"recipe '{ref}' not found: no such file and no shipped recipe of that name{hint}")
+    raise RecipeError(
+        f"recipe '{clip(ref)}' not found: no such file and no shipped recipe of that name{hint}"
+    )
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,7 +174,7 @@ def _read_chain(path: Path, seen: tuple[Path, ...], sources: list[str]) -> dict[
     if path in seen:
         cycle = " -> ".join(p.name for p in (*seen, path))
         raise RecipeError(f"recipe base chain loops: {cycle}")
-    data = parse_yaml(path.read_text(), where=str(path))
+    data = parse_yaml(read_text(path), where=str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -132,8 +197,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise RecipeError(f"override '{text}' must look like key.sub=value (e.g. sleep.passes=4)")
-    return key.split("."), parse_yaml(value, where=f"override '{text}'")
+        raise RecipeError(f"override '{clip(text)}' must look like key.sub=value (e.g. sleep.passes=4)")
+    return key.split("."), parse_yaml(value, where=f"override '{clip(text)}'")
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -146,7 +211,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
+                raise RecipeError(f"override '{clip(text)}': '{clip(part)}' is a value, not a section")
             node = child
         node[keys[-1]] = value
     return out
@@ -164,28 +229,49 @@ def _field_names(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
     return list(fields) if fields else []
 
 
+def all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of ``model``, sections and their keys (``train``, ``train.optimizer.muon_lr``)."""
+    keys = []
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        sub = info.annotation
+        if isinstance(sub, type) and hasattr(sub, "model_fields"):
+            keys.extend(all_keys(sub, dotted + "."))
+    return keys
+
+
+MAX_PROBLEMS = 5  # problems listed in one message; the rest are counted
+
+
 def format_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
     """One line per problem: unknown keys with the closest valid key, wrong types with key/expected/given.
-    ``model`` defaults to the recipe schema."""
+    ``model`` defaults to the recipe schema. Values are quoted with :func:`sleepify.errors.shown` (bounded,
+    whatever the value holds)."""
     if model is None:
         from sleepify.config.schema import Recipe as model
     lines = []
-    for item in err.errors():
-        loc = [str(p) for p in item["loc"]]
+    items = err.errors(include_url=False, include_context=False)
+    for item in items[:MAX_PROBLEMS]:
+        loc = [clip(str(p), 60) for p in item["loc"]]
         dotted = ".".join(loc) or "<recipe>"
         kind = item["type"]
         given = item.get("input")
         if kind == "extra_forbidden":
             parent = loc[:-1]
             valid = [".".join([*parent, f]) for f in _field_names(model, parent)]
-            lines.append(f"unknown key '{dotted}'{did_you_mean(dotted, valid)}")
+            lines.append(f"unknown key '{dotted}'{did_you_mean(dotted, [*valid, *all_keys(model)])}")
         elif kind == "missing":
             lines.append(f"missing key '{dotted}'")
         elif kind == "value_error":
-            lines.append(str(item["msg"]).removeprefix("Value error, "))
+            lines.append(clip(str(item["msg"]).removeprefix("Value error, "), 300))
         else:
             expected = item["msg"].removeprefix("Input should be ").removeprefix("a valid ")
-            lines.append(f"'{dotted}' expects {expected}, got {given!r} ({type(given).__name__})")
+            lines.append(
+                f"'{dotted}' expects {clip(expected, 200)}, got {shown(given)} ({type(given).__name__})"
+            )
+    if len(items) > MAX_PROBLEMS:
+        lines.append(f"and {len(items) - MAX_PROBLEMS} more")
     return "; ".join(lines)
 
 
@@ -309,4 +395,4 @@ def recipe_from_run(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / RESOLVED_RECIPE_FILE
     if not path.is_file():
         raise RecipeError(f"{folder} holds no {RESOLVED_RECIPE_FILE}: is it a sleepify output folder?")
-    return parse_yaml(path.read_text(), where=str(path)) or {}
+    return parse_yaml(read_text(path), where=str(path)) or {}

@@ -7,16 +7,30 @@ Unknown keys are errors (with the closest valid key suggested): a typo must neve
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticKnownError
+
+MAX_INT = 2**31 - 1  # counts, sizes and indices above this are typos (and overflow torch's int32 paths)
 
 from sleepify.config.dtypes import DtypeName
 
 
 class Section(BaseModel):
     # strict: "3" is not an int and 1 is not a bool; ints are still accepted where a float is expected.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # allow_inf_nan=False: every float is finite (.inf and .nan are refused with the key that holds them).
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_ints(cls, value: Any) -> Any:
+        """Every int (alone or in a list) within +-MAX_INT: range checks per key say what is valid; this
+        keeps a 40-digit number from reaching torch as an overflow deep inside a stage."""
+        for v in value if isinstance(value, list) else (value,):
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+                raise PydanticKnownError("less_than_equal", {"le": MAX_INT})
+        return value
 
 
 class ModelSection(Section):
@@ -177,11 +191,13 @@ class DataSection(Section):
 class OptimizerSection(Section):
     """Muon on hidden 2-D matrices, AdamW on everything else (paper §6)."""
 
-    muon_lr: float = Field(1e-3, gt=0, description="paper: 1e-3 from pretrained, 2e-3 from scratch")
-    adamw_lr: float = Field(5e-5, gt=0, description="paper: 5e-5")
+    muon_lr: float = Field(1e-3, gt=0, le=10, description="paper: 1e-3 from pretrained, 2e-3 from scratch")
+    adamw_lr: float = Field(5e-5, gt=0, le=10, description="paper: 5e-5")
     weight_decay: float = Field(0.0, ge=0)
     muon_momentum: float = Field(0.95, ge=0, lt=1)
-    adamw_betas: list[float] = Field(default_factory=lambda: [0.9, 0.95], min_length=2, max_length=2)
+    adamw_betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: [0.9, 0.95], min_length=2, max_length=2
+    )
     muon_adjust_lr: Literal["original", "match_rms_adamw"] = Field("original")
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from sleepify.config.schema import DataSection
 from sleepify.data.common import COLUMNS, DataError, encode_with_answer, features
-from sleepify.errors import did_you_mean
+from sleepify.errors import clip, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +133,18 @@ def _looks_like_path(name: str) -> bool:
 
 @contextlib.contextmanager
 def _no_progress_bars() -> Iterator[None]:
-    """datasets' bars off: reading a local file is quick, and its bar would precede a one-line error."""
+    """datasets' bars and log lines off: reading a local file is quick, and a bar or datasets' own error
+    log line ("Failed to load JSON ...") would precede our one-line error."""
     from datasets.utils import logging as ds_logging
 
     was_on = ds_logging.is_progress_bar_enabled()
+    verbosity = ds_logging.get_verbosity()
     ds_logging.disable_progress_bar()
+    ds_logging.set_verbosity(logging.CRITICAL)
     try:
         yield
     finally:
+        ds_logging.set_verbosity(verbosity)
         if was_on:
             ds_logging.enable_progress_bar()
 
@@ -152,6 +156,33 @@ def _load(name: str, config: str | None) -> tuple[Any, str]:
         with _no_progress_bars():
             return _load_source(name, config)
     return _load_source(name, config)
+
+
+def check_json_lines(path: Path, flag: str = "--data") -> None:
+    """One line naming the file and the 1-based number of the first line of a ``.jsonl`` file that is not
+    UTF-8 or not a JSON object (``datasets`` logs its own error, then names a 0-based row of a batch)."""
+    import json
+
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{flag} {path}: line {number} is not UTF-8 text (byte {err.start})"
+                ) from None
+            except ValueError as err:
+                raise DataError(
+                    f"{flag} {path}: line {number} is not valid JSON ({clip(str(err), 120)}): "
+                    "fix or remove it"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{flag} {path}: line {number} is a JSON {type(row).__name__}, not an object "
+                    '({"column": value, ...})'
+                )
 
 
 def _load_source(name: str, config: str | None) -> tuple[Any, str]:
@@ -166,6 +197,8 @@ def _load_source(name: str, config: str | None) -> tuple[Any, str]:
             raise DataError(
                 f"--data {name}: cannot read '{path.suffix}' files; use .jsonl, .json, .parquet or .csv"
             )
+        if path.suffix.lower() == ".jsonl":
+            check_json_lines(path)
         try:
             return datasets.load_dataset(builder, data_files=str(path)), f"{path.suffix.lower()[1:]} file"
         except Exception as err:  # noqa: BLE001 - a malformed file is one line
@@ -180,11 +213,23 @@ def _load_source(name: str, config: str | None) -> tuple[Any, str]:
                     f"--data {name}: cannot read this {kind} ({type(err).__name__}: {_first_line(err)}); "
                     "if a split has no rows, regenerate it with the current `sleepify data`"
                 ) from None
+        if (path / "recipe.yaml").is_file() or (path / "config.json").is_file():
+            raise DataError(
+                f"--data {name} is a sleepify run or model folder, not a dataset: pass the `sleepify data` "
+                "folder or the .jsonl/.json/.parquet/.csv file to train on"
+            )
         if not any(p.suffix.lower() in FILE_BUILDERS for p in path.rglob("*") if p.is_file()):
             raise DataError(
                 f"--data {name}: a folder with neither a saved dataset nor .jsonl/.json/.parquet/.csv files"
             )
-        return load_source(str(path)), "data folder"
+        for file in sorted(path.rglob("*.jsonl")):
+            check_json_lines(file)
+        try:
+            return load_source(str(path)), "data folder"
+        except Exception as err:  # noqa: BLE001 - files of mixed columns or types: one line
+            raise DataError(
+                f"--data {name}: cannot read the files in this folder ({_first_line(err)})"
+            ) from None
     if _looks_like_path(name):
         raise DataError(
             f"--data {name} does not exist: pass a folder written by `sleepify data`, a saved dataset, a "
@@ -196,7 +241,7 @@ def _load_source(name: str, config: str | None) -> tuple[Any, str]:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return clip(text.splitlines()[0], 200) if text else type(err).__name__
 
 
 def detect_format(columns: list[str], data: DataSection) -> tuple[str, dict[str, str]]:
@@ -246,6 +291,44 @@ def detect_format(columns: list[str], data: DataSection) -> tuple[str, dict[str,
     )
 
 
+def _kind(feature: Any) -> str:
+    """``string``, ``integer``, ``float``, ``bool``, ``list`` or the feature's own name."""
+    dtype = str(getattr(feature, "dtype", "") or "")
+    if dtype in ("string", "large_string"):
+        return "string"
+    if dtype.startswith(("int", "uint")):
+        return "integer"
+    if dtype.startswith("float"):
+        return "float"
+    if dtype == "bool":
+        return "bool"
+    if dtype == "list" or type(feature).__name__ in ("List", "LargeList", "Sequence"):
+        return "list"
+    return dtype or type(feature).__name__
+
+
+# role -> the column kinds it takes (an answer may be a number: exact-match data often has them)
+ROLE_KINDS = {
+    "text": ("string",),
+    "prompt": ("string",),
+    "answer": ("string", "integer"),
+    "messages": ("list",),
+}
+
+
+def check_column_types(features: Any, fields: dict[str, str], path: str) -> None:
+    """One line when a column a role reads has the wrong type (an integer ``text`` column would otherwise
+    be stringified and trained on)."""
+    for role, column in fields.items():
+        kind = _kind(features[column])
+        if kind not in ROLE_KINDS[role]:
+            wanted = " or ".join(ROLE_KINDS[role])
+            raise DataError(
+                f"--data {path}: column '{clip(column)}' ({role}) holds {kind} values, expected {wanted}: "
+                f"fix the data, or set data.{role}_field to another column"
+            )
+
+
 def open_data(data: DataSection, *, need_eval: bool = True, need_train: bool = True) -> OpenedData:
     """Open ``data.path``, decide its format and its train / held-out splits (cheap: nothing is tokenized).
 
@@ -291,6 +374,7 @@ def open_data(data: DataSection, *, need_eval: bool = True, need_train: bool = T
     else:
         train, evaluation = raw, None
     fmt, fields = detect_format(train.column_names, data)
+    check_column_types(train.features, fields, data.path)
     if evaluation is None:
         if train.num_rows < 2:
             raise DataError(
@@ -352,7 +436,7 @@ def _separator(prompt: str, answer: str, sep: str | None) -> str:
 
 
 def _text_rows(batch: dict[str, list], tokenizer: Any, opened: OpenedData) -> list[dict[str, Any]]:
-    texts = [str(t) for t in batch[opened.fields["text"]]]
+    texts = ["" if t is None else str(t) for t in batch[opened.fields["text"]]]  # a null row: skipped
     enc = tokenizer(texts, add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
     rows = []
@@ -380,8 +464,8 @@ def _text_rows(batch: dict[str, list], tokenizer: Any, opened: OpenedData) -> li
 
 
 def _prompt_answer_rows(batch: dict[str, list], tokenizer: Any, opened: OpenedData) -> list[dict[str, Any]]:
-    prompts = [str(p) for p in batch[opened.fields["prompt"]]]
-    answers = [str(a) for a in batch[opened.fields["answer"]]]
+    prompts = ["" if p is None else str(p) for p in batch[opened.fields["prompt"]]]
+    answers = ["" if a is None else str(a) for a in batch[opened.fields["answer"]]]  # null: skipped
     rows = []
     for prompt, answer in zip(prompts, answers, strict=True):
         if not answer.strip():

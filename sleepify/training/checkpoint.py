@@ -132,8 +132,8 @@ def load_checkpoint(
             "resume): start the stage again without --resume"
         )
     if full:
-        weights = load_file(str(path / "model.safetensors"))
-        optimizer = torch.load(path / "optimizer.pt", weights_only=True)
+        weights = _read(path / "model.safetensors", lambda f: load_file(str(f)))
+        optimizer = _read(path / "optimizer.pt", lambda f: torch.load(f, weights_only=True))
     if weights is not None and expected is not None:
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
@@ -149,6 +149,25 @@ def load_checkpoint(
                 f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}, "
                 f"other shapes {shapes}"
             )
-    trainer_state = torch.load(path / "trainer_state.pt", weights_only=True)
-    meta = json.loads((path / "meta.json").read_text())
+    trainer_state = _read(path / "trainer_state.pt", lambda f: torch.load(f, weights_only=True))
+    meta = _read(path / "meta.json", lambda f: json.loads(f.read_text()))
     return Checkpoint(weights, optimizer, trainer_state, meta)
+
+
+def _read(file: Path, read: Any) -> Any:
+    """``read(file)``, with a damaged file (empty, truncated, a pickle payload that ``weights_only``
+    refuses, not JSON) as one line naming it. EOFError in particular must not reach click, which takes it
+    for Ctrl-C."""
+    from sleepify.errors import TrainingError, clip
+
+    try:
+        return read(file)
+    except Exception as err:  # noqa: BLE001 - torch, safetensors and json raise many kinds
+        if isinstance(err, OSError) and err.errno is not None:
+            raise  # a read-only or vanished file: sleepify.fsutil words those
+        first = clip((str(err).strip().splitlines() or [type(err).__name__])[0], 160)
+        raise TrainingError(
+            f"checkpoint file {file} is damaged or not a sleepify checkpoint ({type(err).__name__}: "
+            f"{first}): delete {file.parent} to resume from the checkpoint before it, or start again "
+            "without --resume"
+        ) from None

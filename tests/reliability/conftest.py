@@ -147,6 +147,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "no-weights": lambda d: (d / "model.safetensors").unlink(),
         "bad-json": lambda d: (d / "config.json").write_text("{not json"),
         "not-sleep": lambda d: _retype(d, "llama"),
+        "unknown-arch": lambda d: _retype(d, "no_such_arch"),
+        "nan": _nan_weights,
     }.items():
         shutil.copytree(model, bad / name)
         mutate(bad / name)
@@ -156,7 +158,55 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "wrong-columns.jsonl").write_text('{"foo": 1}\n{"foo": 2}\n')
     (root / "latin1.txt").write_bytes("caf\xe9 0110".encode("latin-1"))
     (root / "a-file").write_text("x\n")
+    _broken_inputs(root)
     return root
+
+
+def alias_bomb(levels: int = 9, width: int = 9, key: str = "train:\n  trainable:") -> str:
+    """A recipe whose YAML aliases expand to width**levels values under ``key`` (a list-valued key)."""
+    lines = [key, "    - &a0 [" + ", ".join(['"x"'] * width) + "]"]
+    lines += [f"    - &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _broken_inputs(root: Path) -> None:
+    """Recipes, data files, prompt files and checkpoints that a stage must refuse in one line."""
+    (root / "recipes").mkdir()
+    (root / "recipes/bomb.yaml").write_text(alias_bomb())
+    (root / "recipes/binary.yaml").write_bytes(b"\x00\x01\x02\xffsleep:\n  passes: 2\n")
+    (root / "recipes/latin1.yaml").write_bytes("description: caf\xe9\n".encode("latin-1"))
+    (root / "recipes/inf-lr.yaml").write_text("train:\n  optimizer:\n    adamw_lr: .inf\n")
+    (root / "int-text.jsonl").write_text("".join(json.dumps({"text": i}) + "\n" for i in range(8)))
+    lines = [json.dumps({"text": f"row {i}"}) for i in range(8)]
+    lines[4] = '{"text": "unterminated'
+    (root / "bad-line.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "empty-prompt.txt").write_text("")
+    run = root / "runs/tiny/warmup"
+    for kind, damage in {
+        "empty": lambda f: f.write_bytes(b""),
+        "truncated": lambda f: f.write_bytes(f.read_bytes()[:100]),
+        "pickle": lambda f: _pickle_payload(f),
+    }.items():
+        copy = root / f"runs/opt-{kind}/warmup"
+        shutil.copytree(run, copy)
+        for ckpt in (copy / "checkpoints").iterdir():
+            damage(ckpt / "optimizer.pt")
+
+
+def _pickle_payload(file: Path) -> None:
+    import argparse
+
+    import torch
+
+    torch.save({"state": argparse.Namespace(a=1)}, file)  # weights_only refuses the class
+
+
+def _nan_weights(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    weights = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _bigger_config(folder: Path) -> None:
