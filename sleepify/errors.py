@@ -36,6 +36,7 @@ def clip(text: str, limit: int = MAX_VALUE) -> str:
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     """``text`` on one line (line breaks become spaces) and at most ``limit`` characters."""
     text = " ".join(str(text)[: limit * 2].split())
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates print as \udcxx
     return clip(text, limit)
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sleepify.errors import OutputError, SleepifyError, clip
+from sleepify.errors import OutputError, SleepifyError, clip, one_line
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ OS_ERRORS = {
         "could not be written: a folder it needs was deleted while the command ran",
         "run it again",
     ),
-    errno.ENAMETOOLONG: ("has a name too long for the file system", "choose a shorter --out"),
+    errno.ENAMETOOLONG: ("is a name too long for the file system", "use a shorter path"),
     errno.ELOOP: ("is a loop of symbolic links", "choose another --out"),
 }
 
@@ -68,8 +68,8 @@ def os_error_message(err: BaseException, where: Path | str | None = None) -> str
     path = where or err.filename or "the output"
     meaning, todo = OS_ERRORS[err.errno]
     named = err.filename if where and err.filename and str(err.filename) != str(where) else None
-    at = f" ({clip(str(named), 200)})" if named else ""
-    return f"{clip(str(path), 300)} {meaning}{at}: {todo}; nothing was replaced"
+    at = f" ({one_line(str(named), 200)})" if named else ""
+    return f"{one_line(str(path), 300)} {meaning}{at}: {todo}; nothing was replaced"
 
 
 @contextlib.contextmanager

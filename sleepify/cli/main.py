@@ -14,7 +14,7 @@ import sys
 import click
 
 from sleepify import __version__
-from sleepify.errors import SleepifyError, one_line
+from sleepify.errors import SleepifyError, one_line, shown
 from sleepify.threads import apply_thread_policy
 
 # command name -> "module:attribute"
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(ValueError):  # not in the main thread (tests): keep the default
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        _check_arguments(sys.argv[1:] if argv is None else argv)
         cli.main(args=argv, prog_name="sleepify", standalone_mode=False)
     except click.exceptions.Abort as err:
         cause = err.__cause__
@@ -160,6 +161,22 @@ def main(argv: list[str] | None = None) -> None:
         _fail(message)
 
 
+def _check_arguments(argv: list[str]) -> None:
+    """Arguments that no file name or text can hold (a NUL byte; characters the file system's encoding
+    cannot write, which a shell never passes but a caller of main() can) are refused here, once, rather
+    than by whichever os call meets them first."""
+    import os
+
+    for i, arg in enumerate(argv, start=1):
+        try:
+            bad = "\0" in arg or not os.fsencode(arg)
+        except UnicodeEncodeError:
+            bad = True
+        if bad and arg:
+            raise click.UsageError(f"argument {i} ({shown(arg, 40)}) holds a NUL byte or a character no file "
+                                   "name or text can hold")  # fmt: skip
+
+
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {one_line(message)}", err=True)
     sys.exit(code)

@@ -329,6 +329,16 @@ def check_column_types(features: Any, fields: dict[str, str], path: str) -> None
             )
 
 
+def held_out_split(ds: Any, n_eval: int) -> tuple[Any, Any]:
+    """``ds.train_test_split(test_size=n_eval, seed=SPLIT_SEED)``'s rows (the same permutation), with the
+    indices kept in memory: opening data, a dry run too, must not write cache files into the user's folder
+    (datasets' own keep_in_memory=True fails on a dataset read from disk)."""
+    import numpy as np
+
+    order = np.random.default_rng(SPLIT_SEED).permutation(ds.num_rows)
+    return ds.select(order[n_eval:], keep_in_memory=True), ds.select(order[:n_eval], keep_in_memory=True)
+
+
 def open_data(data: DataSection, *, need_eval: bool = True, need_train: bool = True) -> OpenedData:
     """Open ``data.path``, decide its format and its train / held-out splits (cheap: nothing is tokenized).
 
@@ -383,8 +393,7 @@ def open_data(data: DataSection, *, need_eval: bool = True, need_train: bool = T
         size = data.test_size
         n_eval = int(round(size * train.num_rows)) if size < 1 else int(size)
         n_eval = min(max(n_eval, 1), train.num_rows - 1)
-        parts = train.train_test_split(test_size=n_eval, seed=SPLIT_SEED, shuffle=True)
-        train, evaluation = parts["train"], parts["test"]
+        train, evaluation = held_out_split(train, n_eval)
         held_out = f"held out by data.test_size={size}, seed {SPLIT_SEED}"
     meta: dict[str, Any] = {}
     meta_file = Path(data.path) / "meta.json"
