@@ -181,7 +181,8 @@ overrides = st.one_of(
     ),
 )
 WORKSPACE_PATHS = ["runs/tiny/convert", "runs/tiny/warmup", "exported", "data/rule110", "a-file", "nope",
-                   "bad/nan", "bad/pickle", "bad/bad-json", "empty.jsonl", "latin1.txt", "", "/", "."]  # fmt: skip
+                   "bad/nan", "bad/pickle", "bad/bad-json", "empty.jsonl", "latin1.txt", "", "/",
+                   "."]  # fmt: skip
 option_values = st.one_of(
     st.sampled_from(WORKSPACE_PATHS),
     st.integers(-(2**40), 2**70).map(str),
