@@ -193,6 +193,8 @@ def staging(
             disk_full_names(names or final, need, hint, outer=True),
         ):
             yield tmp
+    except OutputError as err:  # from an output built inside this one: name where it ends up, not tmp
+        raise OutputError(str(err).replace(str(tmp), str(names or final))) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

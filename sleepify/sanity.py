@@ -16,6 +16,7 @@ from typing import Any
 from sleepify.errors import ModelSanityError
 
 CHANCE_MARGIN = 0.02  # a final loss within 2 % of ln V is chance level: the model predicts nothing
+MIN_STEPS = 20  # a shorter run (a smoke test, a first step) has not had the time to leave chance level
 
 
 def check_weights(model: Any, where: Path | str) -> None:
@@ -47,7 +48,7 @@ def collapse_warning(losses: list[float], grad_norms: list[float], vocab_size: i
             "warning: the gradient norm was 0 in the last logged steps: nothing trained (check "
             "train.trainable and the loss mask of the data); the model was saved unchanged"
         )
-    if losses and vocab_size and vocab_size > 2:
+    if len(losses) >= MIN_STEPS and vocab_size and vocab_size > 2:
         chance = math.log(vocab_size)
         if abs(losses[-1] - chance) <= CHANCE_MARGIN * chance:
             return (

@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with contextlib.suppress(ValueError):  # not in the main thread (tests): keep the default
         signal.signal(signal.SIGTERM, _on_sigterm)
+    for stream in (sys.stdout, sys.stderr):  # a file name of non-UTF-8 bytes prints as those bytes
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="surrogateescape")
     try:
         _check_arguments(sys.argv[1:] if argv is None else argv)
         cli.main(args=argv, prog_name="sleepify", standalone_mode=False)

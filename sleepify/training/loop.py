@@ -234,6 +234,7 @@ def train(
         total=train_cfg.steps, initial=step, disable=not (progress and is_main), desc=desc, unit="step"
     )
     losses: list[float] = []
+    grad_norms: list[float] = []  # of this process's steps: a collapsed run warns at the end
     last_step = train_cfg.steps if stop_after is None else min(train_cfg.steps, step + stop_after)
     tokens_seen, t0 = 0, time.perf_counter()
 
@@ -307,6 +308,7 @@ def train(
                 params = [p for p in model.parameters() if p.grad is not None]
                 norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.clip_grad_norm)
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+                grad_norms.append(grad_norm)
             optim.step()
             for s in schedulers:
                 s.step()
@@ -336,6 +338,14 @@ def train(
     finally:
         bar.close()
         log.close()
+    if rank == 0 and losses:
+        from sleepify.sanity import collapse_warning
+
+        warning = collapse_warning(
+            losses, grad_norms, getattr(getattr(model, "config", None), "vocab_size", None)
+        )
+        if warning:
+            logging.getLogger(__name__).warning(warning)
     return TrainResult(step=step, losses=losses, run_dir=run_dir)
 
 
