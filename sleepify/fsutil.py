@@ -211,11 +211,27 @@ def is_inside(path: Path, folder: Path) -> bool:
 
 def refuse_inside(inp: Path, out: Path, flag: str = "--out") -> None:
     """One line when replacing ``out`` would delete the input ``inp`` it is about to read."""
-    if is_inside(inp, out):
-        raise SleepifyError(
-            f"the input {inp} lies inside {out}, which {flag} --overwrite would replace: "
-            f"choose another {flag} (or copy the input elsewhere first)"
-        )
+    refuse_inputs(out, {"the input": inp}, flag)
+
+
+def refuse_inputs(out: Path, inputs: dict[str, object], flag: str = "--out") -> None:
+    """The one guard every stage runs before it writes ``out``: no input it reads (``what -> path``: the
+    model, ``--data``, the recipes, the checkpoint to resume from, a prompt file) may be ``out`` or lie
+    inside it, since writing ``out`` (``--overwrite`` replaces it whole) would change or delete the input
+    mid-run. Inputs that are not local paths (a Hub id, None) are skipped."""
+    for what, inp in inputs.items():
+        if inp is None or inp == "":
+            continue
+        paths = inp if isinstance(inp, (list, tuple)) else [inp]
+        for path in paths:
+            path = Path(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else None
+            if path is None or not (path.exists() or path.is_symlink()):
+                continue
+            if is_inside(path, out):
+                raise SleepifyError(
+                    f"{what} {clip(str(path), 200)} lies inside {clip(str(out), 200)}, which {flag} would "
+                    f"replace or write into: choose another {flag} (or copy the input elsewhere first)"
+                )
 
 
 def write_pointer(pointer: Path, target: Path) -> None:
