@@ -4,7 +4,7 @@ disk ends in one line that names the path.
 
 The contract every stage follows (``convert``, ``warmup``, ``train``, ``export``, ``data``):
 
-1. check everything cheap first (:func:`refuse_inside` when ``--overwrite`` would replace the input);
+1. check everything cheap first (:func:`refuse_inputs`: no input the stage reads lies inside the output);
 2. build the output in ``.NAME.tmp-PID-NS`` next to it (:func:`staging`);
 3. :func:`publish_folder` at the very end: the old output (if any) is replaced only then;
 4. point ``runs/latest`` at the new folder with :func:`write_pointer` (written atomically, never dangling).
@@ -207,11 +207,6 @@ def is_inside(path: Path, folder: Path) -> bool:
     except OSError:
         return False
     return p == f or f in p.parents
-
-
-def refuse_inside(inp: Path, out: Path, flag: str = "--out") -> None:
-    """One line when replacing ``out`` would delete the input ``inp`` it is about to read."""
-    refuse_inputs(out, {"the input": inp}, flag)
 
 
 def refuse_inputs(out: Path, inputs: dict[str, object], flag: str = "--out") -> None:

@@ -276,12 +276,13 @@ def load_model(model_dir: Path | str, dtype: Any = "auto", model_type: str = "sl
 
     import sleepify  # noqa: F401  (registers the model types)
     from sleepify.sanity import check_weights
+    from sleepify.weights_io import safetensors_files
 
     model_dir = Path(model_dir)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = torch_dtype(dtype)
     check_config(model_dir, model_type)
-    require_safetensors(model_dir)
+    safetensors_files(model_dir)  # one rule, as convert's: safetensors only, never a pickle to torch.load
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
     except Exception as err:  # noqa: BLE001  (safetensors, config mismatches: many kinds)
@@ -319,19 +320,3 @@ def check_config(model_dir: Path, model_type: str | None = "sleep_hybrid") -> di
             "sleepify convert, warmup or train (or an export of one)"
         )
     return cfg
-
-
-def require_safetensors(folder: Path) -> None:
-    """One rule for every stage: weights are read from safetensors only; pickle files are never handed to
-    ``torch.load`` (``convert`` refuses them the same way)."""
-    folder = Path(folder)
-    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
-        return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-    if pickles:
-        raise ModelLoadError(
-            f"{folder} has weights only as {', '.join(pickles[:3])} (pickle); sleepify reads safetensors "
-            "only. Convert them first, e.g. load with transformers and "
-            "save_pretrained(safe_serialization=True)"
-        )
-    raise ModelLoadError(f"{folder} holds no *.safetensors weights: rerun the stage that wrote it")

@@ -36,26 +36,9 @@ def configure_logging(verbosity: int = 0) -> None:
     logger.setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
     logger.propagate = False
     if verbosity < 0:
+        from sleepify.stages.common import quiet_library_bars
+
         quiet_library_bars()
-
-
-def quiet_library_bars() -> None:
-    """No progress bars from datasets (loading files, map), huggingface_hub (downloads) or transformers
-    (loading weights, writing shards): each reads its switch at import, so set both the environment
-    (for a library imported later) and the switch of one already imported."""
-    import os
-    import sys
-
-    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "datasets" in sys.modules:
-        sys.modules["datasets"].disable_progress_bars()
-    if "huggingface_hub" in sys.modules:
-        sys.modules["huggingface_hub"].utils.disable_progress_bars()
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
 
 
 def progress_enabled() -> bool:

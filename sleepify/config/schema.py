@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticKnownError
 
-MAX_INT = 2**31 - 1  # counts, sizes and indices above this are typos (and overflow torch's int32 paths)
-
 from sleepify.config.dtypes import DtypeName
+
+MAX_INT = 2**31 - 1  # counts, sizes and indices above this are typos (and overflow torch's int32 paths)
 
 
 class Section(BaseModel):

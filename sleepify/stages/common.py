@@ -4,9 +4,20 @@ from __future__ import annotations
 
 
 def quiet_library_bars() -> None:
-    """No progress bars from transformers (loading / writing weights) and datasets either (--quiet)."""
-    from datasets.utils import logging as datasets_logging
-    from transformers.utils import logging as transformers_logging
+    """No progress bars from datasets (loading files, map), huggingface_hub (downloads) or transformers
+    (loading weights, writing shards): -q, and a stage run with ``progress=False``. Each library reads its
+    switch at import, so set both the environment (for one imported later) and the switch of one already
+    imported (without importing any: the CLI calls this before a command's imports)."""
+    import os
+    import sys
 
-    transformers_logging.disable_progress_bar()
-    datasets_logging.disable_progress_bar()
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

@@ -46,7 +46,7 @@ from sleepify.fsutil import (
     RunLock,
     check_free_space,
     publish_folder,
-    refuse_inside,
+    refuse_inputs,
     staging,
     tensor_bytes,
 )
@@ -312,7 +312,7 @@ def run_convert(
     out_dir = Path(out_dir)
     if not dry_run:
         _check_out_dir(out_dir, overwrite or rec.run.overwrite)
-        refuse_inside(src.folder, out_dir)
+        refuse_inputs(out_dir, {"the model": src.folder, "the recipe": resolved.sources})
 
     # provenance: the stored convert recipe names what was converted (the CLI argument is not in the
     # recipe): the alias or Hub id as given, a local folder as an absolute path (so export can tell it

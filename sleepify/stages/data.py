@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sleepify.errors import SleepifyError, did_you_mean
+from sleepify.fsutil import refuse_inputs
 
 __all__ = ["TASKS", "DataResult", "plan_data", "run_data"]
 
@@ -47,6 +48,8 @@ def plan_data(task: str, out: str | Path, *, overwrite: bool = False, **params: 
 
         raise gsm_infinite.hub_unreachable(params["from_hub"], "offline mode")
     check_out(str(out), overwrite)
+    inputs = {"--dataset": params.get("dataset"), "--tokenizer": params.get("tokenizer_name")}
+    refuse_inputs(Path(out), inputs)
     lines = [f"data {task}: would write {out} (nothing written)"]
     lines += [f"  {k}: {v}" for k, v in params.items()]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from sleepify.errors import ModelLoadError, did_you_mean
 from sleepify.evaluation.metrics import EXACT_MATCH_MODES, EvalError
 from sleepify.evaluation.report import SCHEMA_VERSION, check_report_folder, label_results, write_report
 from sleepify.evaluation.scoring import REQUIRED_COLUMNS, evaluate, evaluate_lm
+from sleepify.fsutil import refuse_inputs
 from sleepify.runs import eval_dir, load_model, resolve_model_dir, run_name, stored_recipe
 from sleepify.stages.common import quiet_library_bars
 
@@ -102,6 +103,7 @@ def run_eval(
             "no data (data.path is not set): pass --data (a `sleepify data` folder, a saved dataset, a "
             ".jsonl/.json/.parquet/.csv file or a Hub dataset id)"
         )
+    refuse_inputs(out_dir, {"--data": str(data_path), "the model": model_dirs})  # the report goes elsewhere
     data_section = first.data.model_copy(update={"path": str(data_path)})
     if split:
         data_section = data_section.model_copy(update={"eval_split": split})

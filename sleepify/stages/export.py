@@ -41,6 +41,7 @@ from sleepify.fsutil import (
     RunLock,
     check_free_space,
     publish_folder,
+    refuse_inputs,
     staging,
     suppress_unless_disk_full,
     tensor_bytes,
@@ -580,16 +581,11 @@ def run_export(
         raise SleepifyError(f"export dtype must be bf16, fp16 or fp32, got {dtype!r}")
 
     out = Path(out)
-    if out.resolve() == model_dir or model_dir.is_relative_to(out.resolve()):
-        raise SleepifyError(f"--out {out} would overwrite the model being exported: choose another folder")
+    refuse_inputs(out, {"the model": model_dir})  # --out must not replace or write into what it exports
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
 
     model = load_model(model_dir, "auto")
-    if getattr(model.config, "model_type", None) != "sleep_hybrid":
-        raise SleepifyError(
-            f"{model_dir} is not a sleep-capable model (model_type {model.config.model_type!r})"
-        )
     if dtype is not None:
         model = model.to(torch_dtype(dtype))
     dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")

@@ -5,6 +5,7 @@ eval: written into its config (:func:`sleepify.sleep.apply_sleep_settings`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,9 +34,7 @@ def load_for_generation(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    net = load_model(folder, dtype).eval()
-    if getattr(net.config, "model_type", None) != "sleep_hybrid":
-        raise SleepifyError(f"{folder} is not a sleep-capable model (model_type {net.config.model_type!r})")
+    net = load_model(folder, dtype).eval()  # refuses another architecture and non-finite weights
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     net.to(device)
@@ -46,14 +45,35 @@ def load_for_generation(
     return net, tokenizer, gen_cfg, device
 
 
-def plan_generate(prompts: Sequence[str], *, batch_size: int = 8, passes: int | None = None) -> None:
-    """The checks that need no model: at least one prompt, ``batch_size`` and ``N`` >= 1."""
+def plan_generate(
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    passes: int | None = None,
+    max_new_tokens: int = 128,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+) -> None:
+    """The checks that need no model: at least one prompt, none empty, ``batch_size`` and ``N`` >= 1, and
+    sampling settings in range and finite (the CLI's option types check the same; this is the API's)."""
     if not prompts:
         raise SleepifyError("give a prompt")
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise SleepifyError(f"prompt {i + 1} is empty: give the text to continue")
     if batch_size < 1:
         raise SleepifyError("batch_size must be >= 1")
     if passes is not None and passes < 1:
         raise SleepifyError(f"N must be >= 1, got {passes}")
+    if max_new_tokens < 0:
+        raise SleepifyError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise SleepifyError(f"temperature must be a finite number > 0, got {temperature}")
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise SleepifyError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise SleepifyError(f"top_k must be >= 1, got {top_k}")
 
 
 def run_generate(
@@ -84,7 +104,8 @@ def run_generate(
         res = run_generate("exported", ["0110=", "1010="], max_new_tokens=4, greedy=True)
         print(res.texts)
     """
-    plan_generate(prompts, batch_size=batch_size, passes=passes)
+    plan_generate(prompts, batch_size=batch_size, passes=passes, max_new_tokens=max_new_tokens,
+                  temperature=temperature, top_p=top_p, top_k=top_k)  # fmt: skip
     net, tokenizer, gen_cfg, device = load_for_generation(folder, device=device, dtype=dtype)
     apply_sleep_settings(net.config, passes=passes)  # N reaches the model as in train and eval
     do_sample = not greedy and (
@@ -98,6 +119,9 @@ def run_generate(
     for first in range(0, len(prompts), batch_size):
         batch = list(prompts[first : first + batch_size])
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        for row, n in enumerate(enc.attention_mask.sum(dim=1).tolist()):
+            if n == 0:  # e.g. only characters the tokenizer drops
+                raise SleepifyError(f"prompt {first + row + 1} has no tokens for this model's tokenizer")
         decoder = SleepDecoder(net, backend=backend, compile=compile)
         res = generate(
             net, enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,

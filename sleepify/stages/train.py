@@ -34,7 +34,7 @@ from sleepify.fsutil import (
     check_free_space,
     clean_stale_temps,
     publish_folder,
-    refuse_inside,
+    refuse_inputs,
     staging,
     suppress_unless_disk_full,
     tensor_bytes,
@@ -201,7 +201,9 @@ def plan_train(
                 "or use --resume auto)"
             )
     if rec.run.overwrite and not resume and run_dir.exists():
-        refuse_inside(model_dir, run_dir)  # --overwrite must not replace the model it is about to read
+        # --overwrite must not replace what the run is about to read
+        inputs = {"the model": model_dir, "--data": rec.data.path, "the recipe": resolved.sources}
+        refuse_inputs(run_dir, inputs)
     return StagePlan(
         stage=stage,
         model_dir=model_dir,
