@@ -7,7 +7,7 @@ Unknown keys are errors (with the closest valid key suggested): a typo must neve
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticKnownError
@@ -195,10 +195,17 @@ class OptimizerSection(Section):
     adamw_lr: float = Field(5e-5, gt=0, le=10, description="paper: 5e-5")
     weight_decay: float = Field(0.0, ge=0)
     muon_momentum: float = Field(0.95, ge=0, lt=1)
-    adamw_betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
-        default_factory=lambda: [0.9, 0.95], min_length=2, max_length=2
+    adamw_betas: list[float] = Field(
+        default_factory=lambda: [0.9, 0.95], min_length=2, max_length=2, description="each in [0, 1)"
     )
     muon_adjust_lr: Literal["original", "match_rms_adamw"] = Field("original")
+
+    @field_validator("adamw_betas")
+    @classmethod
+    def _betas_in_range(cls, value: list[float]) -> list[float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"train.optimizer.adamw_betas must each be in [0, 1), got {value}")
+        return value
 
 
 class ScheduleSection(Section):

@@ -6,12 +6,13 @@ byte-identical; where the message matters, what it says is checked too."""
 from __future__ import annotations
 
 import resource
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import run_cli, tree_digest
+from tests.reliability.conftest import CLI, ENV, run_cli, tree_digest
 
 T = ["--data", "data/rule110", "--steps", "1"]
 RESUME = ["warmup", "runs/tiny/convert", "--data", "data/rule110", "--steps", "3", "--resume"]
@@ -163,3 +164,18 @@ def test_alias_bomb_is_refused_fast_with_bounded_memory(
     assert code == 2 and "expand to more than" in err
     assert time.monotonic() - start < 10
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000
+
+
+def test_quiet_hides_every_bar(workspace: Path, tmp_path: Path) -> None:
+    """`-q` in a fresh process: no weight-loading bar (transformers), no shard-writing bar, nothing on stderr
+    but generate's one summary line."""
+    for argv, allowed in (
+        (["export", str(workspace / "runs/tiny/warmup"), "--out", str(tmp_path / "e")], 0),
+        (["generate", str(workspace / "exported"), "--prompt", "0110", "--max-new-tokens", "2"], 1),
+    ):
+        done = subprocess.run(
+            [*CLI, *argv], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == allowed and "it/s" not in done.stderr and "%|" not in done.stderr, done.stderr
