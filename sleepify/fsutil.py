@@ -56,15 +56,19 @@ OS_ERRORS = {
 }
 
 
-def os_error_message(err: BaseException, where: Path | str | None = None) -> str | None:
+def os_error_message(err: BaseException, where: Path | str | None = None, output: bool = True) -> str | None:
     """The one line for an OS error while writing an output (a full disk, a read-only or immutable
     location, a path that is a file, a missing permission, a folder deleted mid-run), naming ``where``
-    (else the file the error names); None for any other error."""
+    (else the file the error names); None for any other error. ``output=False``: an OS error met anywhere
+    else (the CLI's last resort), worded without assuming it was an output's."""
     full = disk_full_message(err, Path(where) if where else None)
     if full is not None:
         return full
     if not isinstance(err, OSError) or err.errno not in OS_ERRORS:
         return None
+    if not output:
+        name = f"{one_line(str(err.filename), 300)}: " if err.filename else ""
+        return f"{name}{err.strerror or 'OS error'} ({errno.errorcode[err.errno]})"
     path = where or err.filename or "the output"
     meaning, todo = OS_ERRORS[err.errno]
     named = err.filename if where and err.filename and str(err.filename) != str(where) else None

@@ -40,7 +40,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "sleepify.remote_code",
         "sleepify.doctor",
     ),
-    4: ("sleepify.config", "sleepify.fsutil", "sleepify.threads"),
+    4: ("sleepify.config", "sleepify.fsutil", "sleepify.threads", "sleepify.sanity"),
     5: ("sleepify.models", "sleepify.generation"),
     6: ("sleepify.sleep",),
     7: ("sleepify.layers",),

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"{getattr(err, 'prefix', 'error')}: {err}", err=True)
         sys.exit(err.exit_code)
     except Exception as err:  # a full disk, a read-only or vanished path anywhere: one line too
-        message = os_error_message(err)
+        message = os_error_message(err, output=False)
         if message is None:
             raise
         _fail(message)

@@ -40,6 +40,7 @@ from sleepify.evaluation.report import EVAL_FILE
 from sleepify.fsutil import (
     RunLock,
     check_free_space,
+    check_output_path,
     publish_folder,
     refuse_inputs,
     staging,
@@ -582,6 +583,7 @@ def run_export(
 
     out = Path(out)
     refuse_inputs(out, {"the model": model_dir})  # --out must not replace or write into what it exports
+    check_output_path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
 

@@ -32,6 +32,7 @@ from sleepify.errors import Interrupted, SleepifyError
 from sleepify.fsutil import (
     RunLock,
     check_free_space,
+    check_output_path,
     clean_stale_temps,
     publish_folder,
     refuse_inputs,
@@ -185,6 +186,7 @@ def plan_train(
         restart = latest_checkpoint(run_dir) is None
     resume = bool(resume) and not restart
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 touches the run folder
+    check_output_path(run_dir)
     if (
         is_main
         and run_dir.exists()
