@@ -165,9 +165,9 @@ def _read(file: Path, read: Any) -> Any:
     except Exception as err:  # noqa: BLE001 - torch, safetensors and json raise many kinds
         if isinstance(err, OSError) and err.errno is not None:
             raise  # a read-only or vanished file: sleepify.fsutil words those
-        first = clip((str(err).strip().splitlines() or [type(err).__name__])[0], 160)
+        text = clip((str(err).strip().splitlines() or [""])[0], 160)
+        what = f"{type(err).__name__}: {text}" if text else type(err).__name__
         raise TrainingError(
-            f"checkpoint file {file} is damaged or not a sleepify checkpoint ({type(err).__name__}: "
-            f"{first}): delete {file.parent} to resume from the checkpoint before it, or start again "
-            "without --resume"
+            f"checkpoint file {file} is damaged or not a sleepify checkpoint ({what}): delete "
+            f"{file.parent} to resume from the checkpoint before it, or start again without --resume"
         ) from None
