@@ -339,6 +339,21 @@ def held_out_split(ds: Any, n_eval: int) -> tuple[Any, Any]:
     return ds.select(order[n_eval:], keep_in_memory=True), ds.select(order[:n_eval], keep_in_memory=True)
 
 
+def check_token_columns(features: Any, path: str) -> None:
+    """Tokenized rows (``input_ids``, ``loss_mask`` and the exact-match columns) hold lists of integers."""
+    for column in (*TOKENIZED, *EXACT_MATCH_COLUMNS):
+        if column not in features:
+            continue
+        feature = features[column]
+        inner = getattr(feature, "feature", None)
+        if _kind(feature) != "list" or _kind(inner) != "integer":
+            found = f"lists of {_kind(inner)}" if _kind(feature) == "list" else f"{_kind(feature)} values"
+            raise DataError(
+                f"--data {path}: column '{column}' holds {found}, expected lists of integers (token ids): "
+                "tokenized rows as `sleepify data` writes them"
+            )
+
+
 def open_data(data: DataSection, *, need_eval: bool = True, need_train: bool = True) -> OpenedData:
     """Open ``data.path``, decide its format and its train / held-out splits (cheap: nothing is tokenized).
 
@@ -385,6 +400,8 @@ def open_data(data: DataSection, *, need_eval: bool = True, need_train: bool = T
         train, evaluation = raw, None
     fmt, fields = detect_format(train.column_names, data)
     check_column_types(train.features, fields, data.path)
+    if fmt == "tokens":
+        check_token_columns(train.features, data.path)
     if evaluation is None:
         if train.num_rows < 2:
             raise DataError(

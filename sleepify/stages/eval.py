@@ -124,7 +124,7 @@ def run_eval(
         if vocab:
             if vocab_needed is None:
                 sub = dataset.select(range(n_rows)).with_format(None)
-                vocab_needed = 1 + max(max(ids) for ids in sub["input_ids"])
+                vocab_needed = 1 + max((max(ids) for ids in sub["input_ids"] if ids), default=-1)
             if vocab_needed > vocab:
                 raise EvalError(
                     f"{data_path} holds token ids up to {vocab_needed - 1} but the model in {model_dir} "

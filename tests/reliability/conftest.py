@@ -181,6 +181,7 @@ def _broken_inputs(root: Path) -> None:
     lines[4] = '{"text": "unterminated'
     (root / "bad-line.jsonl").write_text("\n".join(lines) + "\n")
     (root / "empty-prompt.txt").write_text("")
+    (root / "str-tokens.jsonl").write_text('{"input_ids": "12", "loss_mask": "01"}\n' * 4)
     run = root / "runs/tiny/warmup"
     for kind, damage in {
         "empty": lambda f: f.write_bytes(b""),

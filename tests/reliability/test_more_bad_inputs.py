@@ -97,6 +97,10 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a part of the line
         ["train", "runs/tiny/convert", "--data", "bad-line.jsonl", "--out", "o"],
         "bad-line.jsonl: line 5 is not valid JSON",
     ),
+    "eval-tokens-as-strings": (
+        ["eval", "runs/tiny/warmup", "--data", "str-tokens.jsonl", "--out", "o"],
+        "column 'input_ids' holds string values, expected lists of integers",
+    ),
     "train-data-is-run": (
         ["train", "runs/tiny/convert", "--data", "runs/tiny/warmup", "--out", "o"],
         "is a sleepify run or model folder, not a dataset",
