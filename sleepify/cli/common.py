@@ -30,9 +30,23 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class Count(click.IntRange):
+    """An int option in ``[min, MAX_INT]``; the help shows only ``x>=min`` (the upper bound is a guard
+    against overflow, not a setting)."""
+
+    def _describe_range(self) -> str:
+        return f"x>={self.min}"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.INT.convert(value, param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"{number} is larger than {self.max}", param, ctx)
+        return super().convert(number, param, ctx)
+
+
 def count(min: int = 0) -> click.IntRange:  # noqa: A002 - the name click uses
     """An int option in ``[min, MAX_INT]``."""
-    return click.IntRange(min=min, max=MAX_INT)
+    return Count(min=min, max=MAX_INT)
 
 
 def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
