@@ -377,6 +377,8 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
             progress=progress, desc=stage, on_start=save_recipe,
             passes_schedule=PassesSchedule.from_recipe(rec.sleep),  # None: every step uses sleep.passes
         )  # fmt: skip
+        # a passes schedule leaves its last N in the config; the published model sleeps with sleep.passes
+        apply_sleep_settings(cfg, passes=s.passes)
         weights = full_model_state(model)  # under FSDP every rank takes part in gathering the full weights
         if is_main:
             hint = "free some space, then run the same command with --resume (the last checkpoint is kept)"

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from sleepify.config.schema import TrainSection
 from sleepify.errors import TrainingError
-from sleepify.sleep import lockstep
+from sleepify.sleep import apply_sleep_settings, lockstep
 from sleepify.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -170,8 +170,8 @@ def train(
     ``desc`` names the progress bar (the stage: warmup or train); ``on_start`` runs once the checkpoint to
     resume from has loaded (a refused resume writes nothing), before the first step.
 
-    ``passes_schedule`` (``sleep.passes_schedule``): before every step the loop adds ``sleep_passes=N`` of
-    that step to the batch the loss function receives (the sleep model's forward reads it), logs N as
+    ``passes_schedule`` (``sleep.passes_schedule``): before every step the loop hands that step's N to the
+    model the one way every command does (``sleep.apply_sleep_settings``: into ``model.config``), logs N as
     ``sleep_passes`` and keeps the schedule in the checkpoints; resuming under another schedule stops."""
     run_dir = Path(run_dir)
     rank, world = _world()
@@ -277,12 +277,12 @@ def train(
             n_loss_tokens = 0
             chunks = list(micro_batches(indices, micro))
             passes = passes_schedule.at(step) if passes_schedule is not None else None
+            if passes is not None:
+                apply_sleep_settings(model.config, passes=passes)
             for i, chunk in enumerate(chunks):
                 rows = [dataset[j] for j in chunk]
                 length = _max_over_ranks(max(len(r["input_ids"]) for r in rows), device) if fsdp else None
                 batch: dict[str, Any] = {k: v.to(device) for k, v in collate(rows, pad_id, length).items()}
-                if passes is not None:
-                    batch["sleep_passes"] = passes
                 sync = i == len(chunks) - 1 or world == 1
                 ctx = (
                     ddp_model.no_sync() if (world > 1 and not sync and not fsdp) else contextlib.nullcontext()

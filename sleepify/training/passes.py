@@ -3,7 +3,8 @@
 A curriculum over N (for example N = 2 until a model leaves the loss plateau, then N = 4) is a list of
 ``(step, passes)`` entries: from optimizer step ``step`` on (0-based: the first step is step 0) the model
 sleeps with ``passes`` passes, until the next entry. The training loop asks :meth:`PassesSchedule.at` before
-every step, hands N to the model's forward (``sleep_passes=``), logs it, and stores the schedule in every
+every step, hands N to the model through its config (``sleep.apply_sleep_settings``, as every command
+does), logs it, and stores the schedule in every
 checkpoint so that ``--resume`` continues it (or stops if the recipe now says otherwise).
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,17 +24,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RecordingLM(TinyLM):
-    """TinyLM that records the ``sleep_passes`` every forward receives (and uses it: N scales the loss,
-    so a wrong N changes the weights)."""
+    """TinyLM that records the ``config.sleep_passes`` every forward runs with (and uses it: N scales the
+    loss, so a wrong N changes the weights). N = 1 until the loop hands it another one."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.passes: list[int | None] = []
+        self.config = SimpleNamespace(sleep_window=8, sleep_passes=1)
+        self.passes: list[int] = []
 
-    def forward(self, input_ids, attention_mask, loss_mask, sleep_passes=None):  # noqa: ANN001
-        self.passes.append(sleep_passes)
+    def forward(self, input_ids, attention_mask, loss_mask):  # noqa: ANN001
+        passes = self.config.sleep_passes
+        self.passes.append(passes)
         out = super().forward(input_ids, attention_mask, loss_mask)
-        out.loss = out.loss * (1.0 + 0.1 * (sleep_passes or 0))
+        out.loss = out.loss * (1.0 + 0.1 * passes)
         return out
 
 
