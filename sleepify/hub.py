@@ -44,7 +44,7 @@ class Source:
 
 def resolve_source(source: str, revision: str | None = None, config_only: bool = False) -> Source:
     """An alias, a local folder or a Hub id -> a local folder holding ``config.json`` (``config_only``: a
-    Hub download fetches ``config.json`` only, no weights)."""
+    Hub download fetches ``config.json`` and the weights' index only, no weights)."""
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -81,7 +81,7 @@ def _download(repo_id: str, revision: str | None, config_only: bool = False) -> 
             "'.'; no '..')"
         )
     try:
-        patterns = ["config.json"] if config_only else HUB_PATTERNS
+        patterns = ["config.json", "model.safetensors.index.json"] if config_only else HUB_PATTERNS
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except GatedRepoError:
         raise ModelLoadError(

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config, Qwen2ForCausalLM
 
 import sleepify  # noqa: F401
-from sleepify.cli.main import cli
+from sleepify.cli.main import cli, main
 from sleepify.errors import ModelLoadError, SleepifyError
 from sleepify.runs import latest_run
 from sleepify.stages.convert import convert
@@ -178,3 +178,98 @@ def test_models_command_lists_aliases():
     assert result.exit_code == 0
     for alias in ("ouro-1.4b", "ouro-2.6b-thinking", "jet-nemotron-4b", "qwen2.5-1.5b", "llama-3.2-1b"):
         assert alias in result.output
+
+
+def _load_then_write(src, out, overrides):
+    """Conversion as it was before streaming: every base weight loaded into the model, then written."""
+    from transformers import AutoConfig
+
+    import sleepify.stages.convert as c
+    from sleepify.config import load_recipe
+    from sleepify.runs import torch_dtype
+
+    resolved = load_recipe([], overrides)
+    model, _, _ = c._plan_and_build(AutoConfig.from_pretrained(src), resolved, dry_run=False)
+    dtype = torch_dtype(resolved.recipe.model.dtype)
+    c.load_base_weights(model, src, dtype=dtype)
+    c._materialise_rest(model, dtype)
+    c._write_model(model, model.config, resolved.recipe, out)
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"), [("qwen", "float32"), ("qwen", "bfloat16"), ("ouro-tiny", "bfloat16")]
+)
+def test_streamed_convert_is_bit_identical_to_load_then_write(tmp_path, qwen_folder, request, name, dtype):
+    src = qwen_folder[0] if name == "qwen" else request.getfixturevalue("fixtures_dir") / name
+    overrides = [f"model.dtype={dtype}", "conversion.jet_layers=[1]", *SMALL_JET]
+    torch.manual_seed(3)
+    convert(str(src), out_dir=tmp_path / "new", overrides=overrides, log=None)
+    torch.manual_seed(3)
+    _load_then_write(src, tmp_path / "old", overrides)
+    new = sorted(p.name for p in (tmp_path / "new").glob("*.safetensors"))
+    assert new == sorted(p.name for p in (tmp_path / "old").glob("*.safetensors"))
+    for f in new:  # same header, same bytes: every tensor bit-identical, in the same order
+        assert (tmp_path / "new" / f).read_bytes() == (tmp_path / "old" / f).read_bytes()
+
+
+def test_streamed_convert_reads_one_tensor_at_a_time(tmp_path, qwen_folder, monkeypatch):
+    import sleepify.stages.convert as c
+    import sleepify.weights_io as ws
+
+    live: list[int] = []
+    read = ws.read_tensor
+
+    def counted(ref):
+        live.append(ref.nbytes)
+        return read(ref)
+
+    monkeypatch.setattr(c, "read_tensor", counted)
+    overrides = ["conversion.jet_layers=[1]", *SMALL_JET]
+    convert(str(qwen_folder[0]), out_dir=tmp_path / "out", overrides=overrides, log=None)
+    # every checkpoint tensor was read once, by the writer (the model never held the base weights)
+    header = ws.index_safetensors([qwen_folder[0] / "model.safetensors"])
+    assert sorted(live) == sorted(r.nbytes for r in header.values())
+
+
+def test_dry_run_from_config_json_alone(tmp_path):
+    """`convert --dry-run` needs no weights: a folder holding only config.json (it was refused: "holds no
+    *.safetensors weights"), with the size from model.safetensors.index.json when there is one."""
+    folder = tmp_path / "config-only"
+    Qwen2Config(**TINY).save_pretrained(folder)
+    result = CliRunner().invoke(cli, ["convert", str(folder), "--dry-run", *SMALL_JET])
+    assert result.exit_code == 0, result.output
+    assert "weights not read: config.json only" in result.output and "## Resolved recipe" in result.output
+    assert not (tmp_path / "runs").exists()
+    index = {
+        "metadata": {"total_size": 2_869_336_298},
+        "weight_map": {"lm_head.weight": "model-1.safetensors"},
+    }
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    res = convert(str(folder), dry_run=True, log=None, overrides=SMALL_JET)
+    assert "2.87 GB of weights per model.safetensors.index.json" in res.report
+    # the real run still needs the weights: one line naming the folder
+    with pytest.raises(ModelLoadError, match="names model-1.safetensors, not in .*config-only"):
+        convert(str(folder), out_dir=tmp_path / "out", log=None, overrides=SMALL_JET)
+
+
+def test_dry_run_from_the_hub_reads_config_only(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    asked = []
+
+    def fake_download(repo_id, revision=None, allow_patterns=None, **kw):
+        asked.append(allow_patterns)
+        folder = tmp_path / "hub"
+        Qwen2Config(**TINY).save_pretrained(folder)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    res = convert("some-org/some-model", dry_run=True, log=None, overrides=SMALL_JET)
+    assert res.dry_run and asked == [["config.json", "model.safetensors.index.json"]]
+    monkeypatch.undo()  # the real snapshot_download, offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "some-org/missing-model", "--dry-run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Hugging Face Hub" in err and len(err.strip().splitlines()) == 1

@@ -171,7 +171,8 @@ def test_dry_run_is_what_the_run_does(tmp_path, qwen_folder, monkeypatch, overri
 
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        m.setattr(convert_module, "iter_safetensors", no_weights)
+        m.setattr(convert_module, "read_tensor", no_weights)
+        m.setattr(convert_module, "index_safetensors", no_weights)
         dry = convert(str(qwen_folder), out_dir=out, overrides=overrides, log=None, dry_run=True)
     assert dry.dry_run and not out.exists()
     real = convert(str(qwen_folder), out_dir=out, overrides=overrides, log=None)

@@ -12,10 +12,12 @@ Steps (:func:`convert`):
    looped);
    with ``dry_run`` stop here: the plan, the block table (from the model built on the meta device) and the
    resolved recipe are printed and nothing is written or loaded beyond the config;
-4. build the hybrid on the meta device (no memory), then stream the base weights from the safetensors
-   shards tensor by tensor straight into the model (each read once, into its final buffer);
-   initialise only the inserted layers; any missing or unexpected key is an error listing them;
-5. write the HF folder (config, safetensors shards written tensor by tensor, tokenizer files), the resolved
+4. build the hybrid on the meta device (no memory), check the checkpoint's keys and shapes from the shard
+   headers alone (any missing or unexpected key is an error listing them) and initialise only the
+   inserted layers;
+5. write the HF folder (config, safetensors shards, tokenizer files), streaming: each base weight is read
+   from its source shard when its turn comes, cast and written, then dropped (peak memory: the process,
+   the inserted layers and one tensor, not the checkpoint; ``benchmarks/bench_convert.py``), the resolved
    recipe as run (``recipe.yaml``: the planned values, the keys chosen by default rules listed in its header)
    and ``report.md`` (every choice and where it came from, parameters and memory before / after, the block
    table).
@@ -31,6 +33,7 @@ Their default recipe is ``scratch/NAME``.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -54,13 +57,23 @@ from sleepify.hub import resolve_source
 from sleepify.layers.gates import spread_rate_min
 from sleepify.models.scratch.builtin import BUILTIN_PREFIX  # builtin:NAME: initialised from scratch
 from sleepify.runs import STAGES, convert_dir, point_latest, torch_dtype
-from sleepify.weights_io import iter_safetensors, safetensors_files, write_safetensors
+from sleepify.weights_io import (
+    TensorRef,
+    TensorSpec,
+    index_safetensors,
+    read_tensor,
+    safetensors_files,
+    specs_of,
+    write_safetensors,
+)
 
 __all__ = [
     "ConvertResult",
     "build_hybrid_config",
     "convert",
     "load_base_weights",
+    "match_checkpoint",
+    "streamed_specs",
     "plan_convert",
     "run_convert",
 ]
@@ -92,48 +105,51 @@ def build_hybrid_config(base_config: Any, recipe: Any):
     return plan_conversion(base_config, recipe).hybrid_config()
 
 
+def _holds_weights(folder: Path) -> bool:
+    """Any weight file at all (safetensors, pickles; an index alone is not weights)."""
+    return any(p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt") for p in folder.iterdir())
+
+
+def _index_size(folder: Path) -> str:
+    """The weights' total size from ``model.safetensors.index.json`` (a dry run reads no weights)."""
+    try:
+        total = json.loads((folder / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+        return f"; {int(total) / 1e9:.2f} GB of weights per model.safetensors.index.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def _locate(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     module_path, _, attr = name.rpartition(".")
     return (model.get_submodule(module_path) if module_path else model), attr
 
 
-def load_base_weights(
-    model: nn.Module, folder: Path, prefix: str = "base.", dtype: torch.dtype | None = None
-) -> None:
-    """Stream every safetensors tensor of ``folder`` into ``model`` (built on the meta device) under
-    ``prefix``; raise ModelLoadError listing missing / unexpected / mis-shaped keys."""
+def match_checkpoint(model: nn.Module, folder: Path, prefix: str = "base.") -> dict[str, TensorRef]:
+    """Every safetensors tensor of ``folder`` by its name in ``model`` (``prefix`` + key), from the shard
+    headers alone; raise ModelLoadError listing missing / unexpected / mis-shaped keys."""
     expected = dict(model.named_parameters(remove_duplicate=False))
-    expected_buffers = {n for n, _ in model.named_buffers()}
+    expected_buffers = dict(model.named_buffers())
     tied = getattr(model, "all_tied_weights_keys", {}) or {}
     unexpected: list[str] = []
     wrong_shape: list[str] = []
-    loaded: set[str] = set()
-    for path in safetensors_files(folder):
-        for key, tensor in iter_safetensors(path):
-            name = prefix + key
-            if name not in expected and name not in expected_buffers:
-                unexpected.append(key)
-                continue
-            module, attr = _locate(model, name)
-            current = getattr(module, attr)
-            if tuple(current.shape) != tuple(tensor.shape):
-                wrong_shape.append(f"{key} {tuple(tensor.shape)} (model: {tuple(current.shape)})")
-                continue
-            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
-                tensor = tensor.to(dtype)
-            if name in expected:
-                module._parameters[attr] = nn.Parameter(tensor, requires_grad=current.requires_grad)
-            else:
-                module._buffers[attr] = tensor
-            loaded.add(name)
+    found: dict[str, TensorRef] = {}
+    for key, ref in index_safetensors(safetensors_files(folder)).items():
+        name = prefix + key
+        current = expected.get(name, expected_buffers.get(name))
+        if current is None:
+            unexpected.append(key)
+        elif tuple(current.shape) != ref.shape:
+            wrong_shape.append(f"{key} {ref.shape} (model: {tuple(current.shape)})")
+        else:
+            found[name] = ref
     missing = [
         n[len(prefix) :]
         for n in expected
-        if n.startswith(prefix) and n not in loaded and n not in tied and n not in tied.values()
+        if n.startswith(prefix) and n not in found and n not in tied and n not in tied.values()
     ]
     # a tied pair needs one of its two names
     for target, source in tied.items():
-        if target.startswith(prefix) and target not in loaded and source not in loaded:
+        if target.startswith(prefix) and target not in found and source not in found:
             missing.append(source[len(prefix) :])
     if missing or unexpected or wrong_shape:
         parts = []
@@ -148,16 +164,63 @@ def load_base_weights(
             + "; ".join(parts)
             + ". Is the folder complete, and does config.json belong to these weights?"
         )
-    # tied targets that were not in the checkpoint share their source
+    return found
+
+
+def _cast(ref: TensorRef, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a checkpoint tensor is converted to: floating tensors to ``dtype``, the rest as they are."""
+    return dtype if dtype is not None and ref.dtype.is_floating_point else ref.dtype
+
+
+def load_base_weights(
+    model: nn.Module, folder: Path, prefix: str = "base.", dtype: torch.dtype | None = None
+) -> None:
+    """Read every safetensors tensor of ``folder`` into ``model`` (built on the meta device) under
+    ``prefix``, each into its final buffer; raise ModelLoadError listing missing / unexpected /
+    mis-shaped keys (before reading any)."""
+    found = match_checkpoint(model, folder, prefix)
+    for name, ref in found.items():
+        tensor = read_tensor(ref).to(_cast(ref, dtype))
+        module, attr = _locate(model, name)
+        if attr in module._parameters:
+            grad = module._parameters[attr].requires_grad
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=grad)
+        else:
+            module._buffers[attr] = tensor
+    # tied targets that were not in the checkpoint share their source (or the other way round)
+    tied = getattr(model, "all_tied_weights_keys", {}) or {}
     for target, source in tied.items():
-        if target.startswith(prefix) and target not in loaded:
+        if target.startswith(prefix) and target not in found:
             t_mod, t_attr = _locate(model, target)
             s_mod, s_attr = _locate(model, source)
             t_mod._parameters[t_attr] = s_mod._parameters[s_attr]
-        elif target.startswith(prefix) and source not in loaded:
+        elif target.startswith(prefix) and source not in found:
             s_mod, s_attr = _locate(model, source)
             t_mod, t_attr = _locate(model, target)
             s_mod._parameters[s_attr] = t_mod._parameters[t_attr]
+
+
+def streamed_specs(model: nn.Module, found: dict[str, TensorRef], dtype: torch.dtype) -> list[TensorSpec]:
+    """What :func:`_write_model` writes for ``model`` (its state dict, tied targets left out) when the base
+    weights stay on disk: each checkpoint tensor is read (and cast) only when its turn to be written comes,
+    the rest (inserted layers, buffers) from memory. Bit-identical to loading first, then writing."""
+    tied = getattr(model, "all_tied_weights_keys", {}) or {}
+    holder = {source: target for target, source in tied.items()}  # a source the checkpoint held as its target
+    specs = []
+    for name, t in model.state_dict().items():
+        if name in tied:
+            continue
+        ref = found.get(name) or found.get(holder.get(name, ""))
+        if ref is None:
+            if t.is_meta:
+                raise SleepifyError(f"conversion left {name} uninitialised")
+            specs.append(TensorSpec(name, t.dtype, tuple(t.shape), lambda t=t: t))
+        else:
+            cast = _cast(ref, dtype)
+            specs.append(
+                TensorSpec(name, cast, ref.shape, lambda ref=ref, cast=cast: read_tensor(ref).to(cast))
+            )
+    return specs
 
 
 def _short(items: list[str], n: int = 12) -> str:
@@ -184,9 +247,10 @@ def params_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def _materialise_rest(model: nn.Module, dtype: torch.dtype) -> None:
+def _materialise_rest(model: nn.Module, dtype: torch.dtype, on_disk: set[str] = frozenset()) -> None:
     """After loading: initialise the inserted Jet layers, rebuild modules whose (non-persistent) buffers are
-    still on the meta device (RoPE tables) from their config."""
+    still on the meta device (RoPE tables) from their config. ``on_disk``: base weights left in the
+    checkpoint (streamed straight to the output), which may stay on the meta device."""
     from sleepify.layers.jet_block import JetBlock
 
     if len(model.jet_layers):
@@ -206,9 +270,11 @@ def _materialise_rest(model: nn.Module, dtype: torch.dtype) -> None:
             fresh = type(module)(config=config)
             parent, attr = _locate(model, name)
             setattr(parent, attr, fresh)
-    still = [n for n, p in model.named_parameters() if p.is_meta] + [
-        n for n, b in model.named_buffers() if b.is_meta
-    ]
+    tied = getattr(model, "all_tied_weights_keys", {}) or {}
+    on_disk = set(on_disk) | {t for t, src in tied.items() if src in on_disk or t in on_disk}
+    on_disk |= {src for t, src in tied.items() if t in on_disk}
+    still = [n for n, p in model.named_parameters(remove_duplicate=False) if p.is_meta and n not in on_disk]
+    still += [n for n, b in model.named_buffers() if b.is_meta and n not in on_disk]
     if still:
         raise SleepifyError(f"conversion left tensors uninitialised: {_short(still)}")
 
@@ -331,9 +397,14 @@ def run_convert(
     family_for(
         base_config.model_type, base_config
     )  # an unsupported architecture: one line, before the weights
-    # fail early on pickle-only folders (a dry run from the Hub downloaded no weights)
-    files = [] if dry_run and src.hub_id else safetensors_files(src.folder)
-    weights = f"{len(files)} safetensors file(s)" if files else "weights not read"
+    # fail early on pickle-only folders; a dry run needs no weights (a Hub dry run downloads none, a
+    # folder may hold config.json alone)
+    config_only = dry_run and (src.hub_id is not None or not _holds_weights(src.folder))
+    files = [] if config_only else safetensors_files(src.folder)
+    weights = f"{len(files)} safetensors file(s)" if files else "weights not read: config.json only"
+    if dry_run:
+        weights += _index_size(src.folder)
+
     described = f"{src.hub_id or src.folder} ({base_config.model_type}, {weights})"
     built = _plan_and_build(base_config, resolved, dry_run)
     if dry_run:
@@ -341,14 +412,16 @@ def run_convert(
     model, plan, as_run = built
     params_before = _count(model.base.parameters())
     dtype = torch_dtype(rec.model.dtype)
-    load_base_weights(model, src.folder, dtype=dtype)
-    _materialise_rest(model, dtype)
+    # streaming: the base weights stay in the source shards; each is read, cast and written in turn
+    found = match_checkpoint(model, src.folder)
+    _materialise_rest(model, dtype, on_disk=set(found))
     model.eval()
     params_after = _count(model.parameters())
+    specs = streamed_specs(model, found, dtype)
 
-    check_free_space(out_dir.parent, tensor_bytes(model), "the converted model")
+    check_free_space(out_dir.parent, sum(s.nbytes for s in specs), "the converted model")
     with RunLock(out_dir), staging(out_dir) as tmp:  # built next to --out, published in one step at the end
-        _write_model(model, model.config, rec, tmp)
+        _write_model(model, model.config, rec, tmp, specs)
         for name in TOKENIZER_FILES:
             if (src.folder / name).is_file():
                 shutil.copy2(src.folder / name, tmp / name)
@@ -407,13 +480,16 @@ def _dry_run_result(
     return ConvertResult(out_dir, before, after, report, table, plan, as_run, dry_run=True)
 
 
-def _write_model(model: nn.Module, config: Any, rec: Any, out_dir: Path) -> None:
+def _write_model(
+    model: nn.Module, config: Any, rec: Any, out_dir: Path, specs: list[TensorSpec] | None = None
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     config.dtype = rec.model.dtype
     config.save_pretrained(out_dir)
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    state = [(n, p) for n, p in model.state_dict().items() if n not in tied]
-    write_safetensors(state, out_dir)
+    if specs is None:
+        tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+        specs = specs_of((n, p) for n, p in model.state_dict().items() if n not in tied)
+    write_safetensors(specs, out_dir)
 
 
 def _finish(
