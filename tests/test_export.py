@@ -381,3 +381,23 @@ def test_card_usage_snippet_runs_as_written(run: Path, tmp_path: Path, minimal_s
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() or proc.stdout == "\n"  # it printed the continuation
+
+
+def test_export_keeps_the_model_dtype(run: Path, tmp_path: Path) -> None:
+    """A bfloat16 model exports bfloat16 unless export.dtype says otherwise (it was float32 always)."""
+    bf16 = tmp_path / "bf16-model"
+    export(run / "warmup", bf16, dtype="bf16", log=None)
+    shutil.copy2(run / "warmup" / "model" / "recipe.yaml", bf16 / "recipe.yaml")
+    out = tmp_path / "again"
+    export(bf16, out, log=None)  # no dtype given, the stored recipe's export.dtype is null: the model's own
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    assert size == sum(p.stat().st_size for p in bf16.glob("*.safetensors"))  # not widened to float32
+    ref = AutoModelForCausalLM.from_pretrained(bf16)
+    for (n, p), (_, q) in zip(ref.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(p, q), n
+    fp32 = tmp_path / "fp32"
+    export(bf16, fp32, dtype="fp32", log=None)
+    assert next(AutoModelForCausalLM.from_pretrained(fp32).parameters()).dtype == torch.float32

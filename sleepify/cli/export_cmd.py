@@ -13,7 +13,9 @@ from sleepify.cli.common import dry_run_option, verbosity_options
 @click.argument("run", required=False, metavar="[RUN]")
 @click.option("--out", required=True, help="folder to write (written to a temporary folder, then renamed)")
 @click.option(
-    "--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="weights dtype (default: the recipe's)"
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    help="weights dtype (default: the model's own, or the recipe's export.dtype)",
 )
 @click.option("--max-shard-size", help="largest safetensors shard, e.g. 2GB (default: the recipe's, 5GB)")
 @click.option(

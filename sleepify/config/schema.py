@@ -247,7 +247,7 @@ class EvalSection(Section):
 
 class ExportSection(Section):
     max_shard_size: str = Field("5GB")
-    dtype: DtypeName = Field("float32")
+    dtype: DtypeName | None = Field(None, description="weights dtype of the export; null = the model's own")
     push_to_hub: str | None = Field(None, description="ORG/NAME to upload to after export")
     private: bool = Field(False)
 

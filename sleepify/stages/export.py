@@ -45,7 +45,6 @@ from sleepify.fsutil import (
     refuse_inputs,
     staging,
     suppress_unless_disk_full,
-    tensor_bytes,
 )
 from sleepify.remote_code import AUTO_MAP, write_remote_code
 from sleepify.runs import (
@@ -109,7 +108,8 @@ def plan_export(
     lines = [
         f"export: {model_dir} -> {out}" + (" (replacing it)" if out.exists() and overwrite else ""),
         f"  run: {run_dir or '(not a run folder)'}; recipe chain: {' -> '.join(stages) or 'none recorded'}",
-        f"  dtype: {dtype or 'the recipe export.dtype'}; eval results for the card: {found or 'none'}",
+        f"  dtype: {dtype or 'export.dtype of the recipe (null: the model dtype)'}; "
+        f"eval results for the card: {found or 'none'}",
     ]
     if push_to_hub:
         where = push_to_hub if "/" in push_to_hub else f"{push_to_hub} (in the token owner's namespace)"
@@ -543,6 +543,21 @@ def _recipe_export_section(model_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def _weight_specs(model: Any, dtype: Any) -> list[Any]:
+    """The model's state dict (tied targets left out, as ``save_pretrained`` writes it), floating tensors
+    cast to ``dtype`` one at a time when written."""
+    from sleepify.weights_io import TensorSpec
+
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    specs = []
+    for name, t in model.state_dict().items():
+        if name in tied:
+            continue
+        cast = dtype if t.is_floating_point() else t.dtype
+        specs.append(TensorSpec(name, cast, tuple(t.shape), lambda t=t, cast=cast: t.to(cast)))
+    return specs
+
+
 def run_export(
     source: str | Path | None,
     out: str | Path,
@@ -571,6 +586,7 @@ def run_export(
     from transformers import AutoTokenizer, GenerationConfig
 
     import sleepify  # noqa: F401  (registers the model types)
+    from sleepify.weights_io import write_specs
 
     model_dir, run_dir = resolve_run(source, runs_root)
     section = _recipe_export_section(model_dir)
@@ -587,10 +603,10 @@ def run_export(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
 
-    model = load_model(model_dir, "auto")
-    if dtype is not None:
-        model = model.to(torch_dtype(dtype))
-    dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
+    model = load_model(model_dir, "auto")  # in the dtype it was saved in: one copy of the model
+    # the model's own dtype unless asked; a cast happens tensor by tensor as the shards are written
+    target = torch_dtype(dtype) if dtype is not None else next(model.parameters()).dtype
+    dtype_name = str(target).removeprefix("torch.")
     model.config.dtype = dtype_name
     stages = _stage_recipes(model_dir, run_dir)
     base = _base_model(stages, model_dir, model.config)
@@ -606,7 +622,8 @@ def run_export(
             if log is not None:
                 log(f"warning: {err}; the card's usage snippet names the folder {out}")
 
-    need = tensor_bytes(model)
+    specs = _weight_specs(model, target)
+    need = sum(spec.nbytes for spec in specs)
     check_free_space(out.parent, need, "the export")
     # two exports into one --out: the second refuses in one line
     with RunLock(out), staging(out, need) as tmp:
@@ -614,7 +631,8 @@ def run_export(
             raise SleepifyError(f"{out} exists and is not empty: pass --overwrite or another --out")
         # self-contained remote code: loads with trust_remote_code=True where sleepify is not installed
         model.config.auto_map = dict(AUTO_MAP)
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        model.config.save_pretrained(tmp)
+        write_specs(specs, tmp, max_shard_size)  # one tensor at a time: no copy of a whole shard
         write_remote_code(tmp)
         with suppress_unless_disk_full(OSError, ValueError, TypeError):
             AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
