@@ -37,6 +37,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "sleepify.hub",
         "sleepify.weights_io",
         "sleepify.planning",
+        "sleepify.memory_plan",
         "sleepify.remote_code",
         "sleepify.doctor",
     ),

@@ -77,6 +77,19 @@ def _stage_command(stage: str, doc: str) -> click.Command:
         help="processes on this machine (re-launches itself through torchrun; DDP, or FSDP2 with "
         "train.distributed=fsdp)",
     )
+    @click.option(
+        "--memory",
+        "memory",
+        help="with --dry-run: the memory to fit (e.g. 80GiB, 24GB; default: this device's): the plan then "
+        "names the largest N and micro-batch that fit",
+    )
+    @click.option(
+        "--probe",
+        is_flag=True,
+        help="with --dry-run: time one optimizer step of the real model (needs the weights) to predict the "
+        "time per step",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="with --dry-run: print the plan as JSON")
     @dry_run_option
     @verbosity_options
     def command(
@@ -91,6 +104,9 @@ def _stage_command(stage: str, doc: str) -> click.Command:
         resume: str | None,
         overwrite: bool,
         nproc: int,
+        memory: str | None,
+        probe: bool,
+        as_json: bool,
         dry_run: bool,
     ) -> None:
         import sleepify.api as api
@@ -103,10 +119,10 @@ def _stage_command(stage: str, doc: str) -> click.Command:
             stage, model, data_path, **args
         )  # recipe, data and run folder checked: nothing written
         if dry_run:
-            click.echo(plan.describe())
-            click.echo("# resolved recipe")
-            click.echo(plan.resolved.to_yaml(), nl=False)
+            _print_dry_run(plan, nproc, memory, probe, as_json)
             return
+        if memory or probe or as_json:
+            raise click.UsageError("--memory, --probe and --json go with --dry-run")
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             from sleepify.training.parallel import check_fsdp_supported
 
@@ -131,6 +147,49 @@ def _stage_command(stage: str, doc: str) -> click.Command:
         echo_info(f"{stage} done: model in {final}")
 
     return command
+
+
+def _print_dry_run(plan: object, nproc: int, memory: str | None, probe: bool, as_json: bool) -> None:
+    """The stage plan, the memory plan (and what fits ``memory``), the time per step, the recipe."""
+    import json
+
+    from transformers import AutoConfig
+
+    from sleepify.memory_plan import device_memory, fits, format_bytes, parse_memory
+    from sleepify.stages.train import plan_memory_for, probe_step
+
+    mem = plan_memory_for(plan, world=nproc)
+    budget = parse_memory(memory) if memory else device_memory()[1]
+    room = fits(mem, AutoConfig.from_pretrained(plan.model_dir), budget)
+    timing = None
+    if probe:
+        timing = probe_step(plan)
+    if as_json:
+        out = {
+            "stage": plan.stage,
+            "model": str(plan.model_dir),
+            "run_dir": str(plan.run_dir),
+            "memory": {**mem.to_dict(), **room},
+            "time_per_step_s": timing,
+            "recipe": plan.resolved.to_dict(),
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(plan.describe())
+    for line in mem.lines():
+        click.echo(line)
+    where = f"--memory {memory}" if memory else f"this {mem.settings['device']}"
+    verdict = "fits" if room["fits"] else "does NOT fit"
+    click.echo(
+        f"  {verdict} {format_bytes(budget)} ({where}); largest N that fits: {room['largest_passes']}, "
+        f"largest micro-batch: {room['largest_micro_batch']}"
+    )
+    if timing is None:
+        click.echo("  time per step: no probe (pass --probe to time one step of the real model)")
+    else:
+        click.echo(f"  time per step: {timing:.1f} s (one step measured by --probe)")
+    click.echo("# resolved recipe")
+    click.echo(plan.resolved.to_yaml(), nl=False)
 
 
 warmup = _stage_command(

@@ -15,6 +15,7 @@ command printed after an interruption belong to the CLI (``sleepify/cli/train_cm
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -398,6 +399,124 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     if distributed:
         close_distributed()
     return final
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the dry run's memory plan and step-time probe
+
+
+def _first_rows(plan: StagePlan, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` training rows, tokenized as the run will (the model folder's tokenizer if needed)."""
+    data = plan.data
+    train = data.splits["train"]
+    sample = dataclasses.replace(
+        data, splits={**data.splits, "train": train.select(range(min(n, len(train))))}
+    )
+    tokenizer = load_tokenizer_for(plan.model_dir, sample)
+    return list(sample.rows("train", tokenizer, progress=False).with_format(None))
+
+
+def plan_memory_for(plan: StagePlan, world: int = 1, device: str | None = None) -> Any:
+    """The :class:`~sleepify.memory_plan.MemoryPlan` of a planned warmup / train run: its model's
+    ``config.json`` (no weights), the resolved recipe and the lengths of the first 64 training rows (a
+    sequence of 2 x L is assumed when they cannot be read), for ``world`` processes on ``device`` (default:
+    CUDA when present)."""
+    import math
+
+    import torch
+    from transformers import AutoConfig
+
+    import sleepify  # noqa: F401  (registers the model types)
+    from sleepify.memory_plan import plan_memory
+    from sleepify.models.hybrid import SleepHybridForCausalLM
+
+    rec = plan.resolved.recipe
+    try:
+        config = AutoConfig.from_pretrained(plan.model_dir)
+    except (OSError, ValueError) as err:
+        raise SleepifyError(f"cannot read {plan.model_dir / 'config.json'}: {err}") from None
+    if getattr(config, "model_type", None) != "sleep_hybrid":
+        raise SleepifyError(f"{plan.model_dir} is not a converted (sleep-capable) model")
+    trainable = list(rec.train.trainable)
+    if plan.stage == "warmup" and trainable == ["*"]:  # what the stage chooses once the model loads
+        with torch.device("meta"):
+            trainable = warmup_trainable(SleepHybridForCausalLM(config))
+    notes = []
+    try:
+        rows = _first_rows(plan, 64)
+    except (SleepifyError, OSError, ValueError, KeyError):
+        rows = []
+    if rows:
+        seq_len = max(len(r["input_ids"]) for r in rows)
+        scored = max(int(sum(r["loss_mask"])) for r in rows)
+    else:
+        seq_len, scored = 2 * rec.sleep.window, None
+        notes.append(f"sequence length assumed 2 x L = {seq_len} (the training rows could not be read)")
+    world = max(1, world)
+    per_rank = max(1, rec.train.batch_size // world)
+    micro = min(rec.train.micro_batch_size or per_rank, per_rank)
+    memory = plan_memory(
+        config,
+        passes=rec.sleep.passes,
+        window=rec.sleep.window,
+        seq_len=seq_len,
+        batch=micro,
+        dtype=rec.model.dtype,
+        trainable=trainable,
+        scored_tokens=scored,
+        checkpoint_windows=rec.sleep.checkpoint_windows,
+        truncate_passes=rec.sleep.truncate_passes,
+        truncate_windows=rec.sleep.truncate_windows,
+        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        distributed=rec.train.distributed,
+        world=world,
+        micro_batches=math.ceil(per_rank / micro),
+    )
+    memory.notes[:0] = notes
+    memory.settings["trainable_patterns"] = trainable
+    return memory
+
+
+def probe_step(plan: StagePlan) -> float:
+    """Seconds of one optimizer step of ``plan``'s run, measured: the model loaded with its weights, one
+    micro-batch of the first training rows through the sleep engine, backward, the optimizer step, times
+    the micro-batches of a step (``--dry-run --probe``; nothing is written)."""
+    import math
+    import time
+
+    import torch
+
+    from sleepify.sleep import apply_sleep_settings
+    from sleepify.training.data import collate
+    from sleepify.training.optim import MuonAdamW, select_trainable
+
+    rec = plan.resolved.recipe
+    per_step = max(1, rec.train.batch_size)
+    micro = min(rec.train.micro_batch_size or per_step, per_step)
+    rows = _first_rows(plan, micro)
+    model = load_model(plan.model_dir, rec.model.dtype)
+    if torch.cuda.is_available():
+        model.cuda()
+    trainable = rec.train.trainable
+    if plan.stage == "warmup" and trainable == ["*"]:
+        trainable = warmup_trainable(model)
+    select_trainable(model, trainable)
+    cfg = model.config
+    s = rec.sleep
+    apply_sleep_settings(cfg, window=s.window, passes=s.passes, eviction=s.eviction, conv_state=s.conv_state)
+    optim = MuonAdamW(model, rec.train)
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate(rows, pad).items()}
+    model.train()
+    start = time.perf_counter()
+    out = model(**batch, logits="none", checkpoint_windows=s.checkpoint_windows,
+                truncate_passes=s.truncate_passes, truncate_windows=s.truncate_windows)  # fmt: skip
+    out.loss.backward()
+    optim.step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * math.ceil(per_step / micro)
 
 
 plan_stage, run_stage = plan_train, run_train  # the names before the stages moved
