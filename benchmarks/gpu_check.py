@@ -4,6 +4,7 @@
     python3 benchmarks/gpu_check.py --out DIR       # the whole suite -> DIR/report.json, DIR/report.md
     python3 benchmarks/gpu_check.py --quick         # a ~2-minute subset
     python3 benchmarks/gpu_check.py --tiny          # every step at toy shapes, on CPU too (tests the script)
+    python3 benchmarks/gpu_check.py --scale         # only the `scale` step, with its own budget
     python3 benchmarks/gpu_check.py --build-wheels  # fill .gpu-wheels/ (needs PyPI; run it before)
 
 Steps (budgets in ``--plan``):
@@ -23,6 +24,11 @@ Steps (budgets in ``--plan``):
 4. ``decode``: decode latency (bf16, batch 1, greedy, median of the steps) at 1k and 16k context, the
    sleep hybrid against its own base model with a full KV cache (``sleepify/stages/bench.py``).
 5. ``compile``: step 4 with the decode step's blocks under ``torch.compile``.
+
+Not in the suite, run alone by ``--scale`` (its own budget): ``scale``, the user story at its real size
+(``benchmarks/bench_scale.py``): a random Ouro-1.4B checkpoint through ``sleepify convert -> data ->
+warmup --N 4 -> train --N 4`` (killed once, resumed) ``-> eval -> export ->`` generation without sleepify,
+at the paper's L = 2000 in bfloat16, with the memory planner against the measured peaks.
 
 Every step runs in its own process with a hard timeout, so a crash or a hang costs that step only. On a
 machine without CUDA the GPU steps are skipped with a note (``--tiny`` runs them at toy shapes instead).
@@ -551,6 +557,14 @@ def step_decode(args: argparse.Namespace) -> dict:
     return _decode(args, compile=False)
 
 
+def step_scale(args: argparse.Namespace) -> dict:
+    """benchmarks/bench_scale.py: the whole CLI chain at Ouro-1.4B's size (toy shapes with --tiny)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_scale
+
+    return bench_scale.main(["--model", "ouro-1.4b", *(["--toy"] if args.tiny else [])])
+
+
 def step_compile(args: argparse.Namespace) -> dict:
     return _decode(args, compile=True)
 
@@ -563,6 +577,7 @@ class Step:
     quick_budget_s: int  # --quick (0: not part of --quick)
     gpu: bool  # skipped without CUDA (unless --tiny)
     run: Callable[[argparse.Namespace], dict]
+    alone: bool = False  # not in the suite: run alone by its own flag (--scale)
 
 
 STEPS = (
@@ -572,14 +587,15 @@ STEPS = (
     Step("train", "bf16 train step, Ouro-1.4B-shaped hybrid, N=1,4, L=2000", 100, 30, True, step_train),
     Step("decode", "decode latency at 1k / 16k vs base with full KV cache", 45, 15, True, step_decode),
     Step("compile", "decode latency with torch.compile", 65, 0, True, step_compile),
+    Step("scale", "convert -> train -> export -> generate at 1.4B, L=2000", 540, 0, True, step_scale, True),
 )
 TOTAL_LIMIT_S = 480  # the target: the whole suite in under 8 minutes
 HARD_FACTOR = 1.5  # a step is killed after HARD_FACTOR x its budget ...
 DEADLINE_S = 560  # ... or when the suite reaches this (a device call may run 600 s), whichever is first
 
 
-def plan(quick: bool) -> str:
-    steps = [s for s in STEPS if not quick or s.quick_budget_s]
+def plan(quick: bool, scale: bool = False) -> str:
+    steps = [s for s in STEPS if s.alone == scale and (scale or not quick or s.quick_budget_s)]
     lines = [
         f"gpu_check plan ({'--quick' if quick else 'full'}): each step is its own process, killed after "
         f"{HARD_FACTOR:g}x its budget",
@@ -647,7 +663,8 @@ def run_suite(args: argparse.Namespace, save: Callable[[dict], None] = lambda _r
     """Run the steps one process each; ``save`` gets the report after every step (a killed session keeps
     what finished)."""
     has_cuda = cuda_available()
-    steps = [s for s in STEPS if not args.quick or s.quick_budget_s]
+    scale = getattr(args, "scale", False)
+    steps = [s for s in STEPS if s.alone == scale and (scale or not args.quick or s.quick_budget_s)]
     if args.steps:
         wanted = args.steps.split(",")
         steps = [s for s in steps if s.name in wanted]
@@ -773,6 +790,7 @@ def main() -> None:
         "--tiny", action="store_true", help="toy shapes, GPU steps on CPU too (tests the script)"
     )
     parser.add_argument("--steps", help="comma-separated subset of step names")
+    parser.add_argument("--scale", action="store_true", help="run only the `scale` step (its own budget)")
     parser.add_argument("--out", type=Path, default=ROOT / "gpu-check", help="folder for report.json/.md")
     parser.add_argument("--build-wheels", action="store_true", help="download the wheels into .gpu-wheels/")
     parser.add_argument("--deadline", type=float, default=DEADLINE_S, help="stop the suite after this many s")
@@ -780,7 +798,7 @@ def main() -> None:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plan:
-        print(plan(args.quick))
+        print(plan(args.quick, args.scale))
         return
     if args.build_wheels:
         build_wheels()

@@ -214,3 +214,32 @@ def test_bench_compiled_stream(tiny_model_dir: Path, monkeypatch: pytest.MonkeyP
     assert compiled and [r["context"] for r in res["decode"]["sleepify_compiled"]] == [L + 3]
     assert res["ratios"]["compiled_over_eager_at_reference"] > 0
     assert "compiled / eager" in format_report(res)
+
+
+def test_bench_scale_toy_chain(tmp_path: Path) -> None:
+    """benchmarks/bench_scale.py at toy widths: the whole CLI chain (convert, data, warmup, a killed and
+    resumed train, eval, sharded export, generation without sleepify across a window boundary) and the
+    planner against the measured peaks at three settings."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_scale", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "scale.json"
+    results = bench.main(["--toy", "--threads", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    stages = {row["stage"]: row for row in results["stages"]}
+    assert list(stages) == ["convert", "data", "warmup --N 4", "train --N 4 (killed)", "train --resume auto",
+                            "train --N 2 (no ckpt)", "eval", "export (sharded)"]  # fmt: skip
+    assert all(row["wall_s"] > 0 and row["peak_rss_bytes"] > 0 for row in stages.values())
+    assert stages["convert"]["bytes_written"] > 0 and stages["export (sharded)"]["bytes_written"] > 0
+    assert results["resume"] == {"killed": True, "final_model": True}
+    assert results["export_shards"] > 1
+    gen = results["generate_without_sleepify"]
+    assert gen["crossed"] and gen["new_tokens"] == 16 and gen["dtype"] == "torch.bfloat16"
+    assert [p["setting"] for p in results["planner"]] == [
+        "warmup N=4 checkpointed", "train N=4 checkpointed", "train N=2 not checkpointed"]  # fmt: skip
+    assert all(p["predicted_bytes"] > 0 and p["measured_bytes"] > 0 for p in results["planner"])
+    assert not (tmp_path / "work").exists()  # removed without --keep

@@ -35,7 +35,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_plan_lists_every_step_within_the_budget(gpu_check, quick: bool) -> None:
     proc = _run("--plan", *(["--quick"] if quick else []))
     assert proc.returncode == 0, proc.stderr
-    steps = [s for s in gpu_check.STEPS if not quick or s.quick_budget_s]
+    steps = [s for s in gpu_check.STEPS if not s.alone and (not quick or s.quick_budget_s)]
     for s in steps:
         assert f"| {s.name} |" in proc.stdout
     total = sum(s.quick_budget_s if quick else s.budget_s for s in steps)
@@ -49,7 +49,7 @@ def test_plan_lists_every_step_within_the_budget(gpu_check, quick: bool) -> None
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_gpu_steps_skip_with_a_note_on_cpu(tmp_path: Path, gpu_check) -> None:
-    gpu_steps = [s.name for s in gpu_check.STEPS if s.gpu]
+    gpu_steps = [s.name for s in gpu_check.STEPS if s.gpu and not s.alone]
     proc = _run("--steps", ",".join(gpu_steps), "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "report.json").read_text())
@@ -57,6 +57,19 @@ def test_gpu_steps_skip_with_a_note_on_cpu(tmp_path: Path, gpu_check) -> None:
     assert all(r["status"] == "skipped" and "no CUDA" in r["note"] for r in report["steps"])
     assert report["ok"] and not report["cuda"]
     assert "no CUDA" in (tmp_path / "report.md").read_text()
+
+
+def test_scale_runs_alone_with_its_own_budget(tmp_path: Path, gpu_check) -> None:
+    """`--scale`: only the real-size chain (benchmarks/bench_scale.py), outside the 8-minute suite."""
+    proc = _run("--plan", "--scale")
+    assert proc.returncode == 0, proc.stderr
+    (scale,) = [s for s in gpu_check.STEPS if s.alone]
+    assert scale.name == "scale" and f"| {scale.name} |" in proc.stdout and "| doctor |" not in proc.stdout
+    assert f"total budget: {scale.budget_s} s" in proc.stdout and scale.budget_s < gpu_check.DEADLINE_S
+    if not torch.cuda.is_available():
+        proc = _run("--scale", "--out", str(tmp_path))
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert [(r["step"], r["status"]) for r in report["steps"]] == [("scale", "skipped")]
 
 
 def test_carried_wheels_are_unpacked_and_importable(tmp_path: Path, monkeypatch, gpu_check) -> None:
