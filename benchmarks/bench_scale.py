@@ -243,9 +243,9 @@ class Chain:
 
 
 def _gib(n: int | None) -> str:
-    from sleepify.memory_plan import format_bytes
+    from sleepify.fsutil import human_size
 
-    return "n/a" if n is None else format_bytes(n)
+    return human_size(n)
 
 
 def planned_peak(stage: str, model_dir: Path, args: dict, overrides: list[str]) -> dict:

@@ -53,8 +53,9 @@ import torch
 
 from sleepify.config.dtypes import DTYPES as DTYPE_BYTES
 from sleepify.errors import SleepifyError
+from sleepify.fsutil import human_size
 
-__all__ = ["MemoryPlan", "format_bytes", "largest_fitting", "parse_memory", "peak_rss", "plan_memory"]
+__all__ = ["MemoryPlan", "largest_fitting", "parse_memory", "peak_rss", "plan_memory"]
 
 CPU_RUNTIME_BYTES = 560 * 2**20  # RSS of a stage process before the model (torch, transformers, datasets)
 SEQ_PARTS = ("weights", "gradients", "optimizer", "activations", "fast_weight_state", "workspace", "runtime")
@@ -210,7 +211,7 @@ class MemoryPlan:
         lines = [
             f"memory plan (per process, {s['device']}, {dist}"
             + (f" x {s['world']}" if s["world"] > 1 else "")
-            + f"): peak ~{format_bytes(self.peak_bytes)}",
+            + f"): peak ~{human_size(self.peak_bytes)}",
             f"  for N={s['passes']}, L={s['window']}, sequence {s['seq_len']} tokens "
             f"({s['windows']} windows, {s['sleep_windows']} sleeping), "
             f"micro-batch {s['micro_batch']}, {s['dtype']}, "
@@ -228,7 +229,7 @@ class MemoryPlan:
         }
         for key in SEQ_PARTS:
             if key in self.parts:
-                lines.append(f"  {labels[key]:<72} {format_bytes(self.parts[key]):>10}")
+                lines.append(f"  {labels[key]:<72} {human_size(self.parts[key]):>10}")
         lines += [f"  note: {n}" for n in self.notes]
         return lines
 
@@ -324,8 +325,8 @@ def plan_memory(
     if not checkpoint_windows and with_grad:
         with_ckpt = head + carried + CKPT_RECOMPUTE * max(sleep_window, wake_window)
         notes.append(
-            f"sleep.checkpoint_windows=true would keep ~{format_bytes(with_ckpt)} of activations instead "
-            f"of {format_bytes(activations)} (one window recomputed at a time, ~1.35x its share while it is)"
+            f"sleep.checkpoint_windows=true would keep ~{human_size(with_ckpt)} of activations instead "
+            f"of {human_size(activations)} (one window recomputed at a time, ~1.35x its share while it is)"
         )
     if device == "cuda":
         notes.append("CUDA kernels (fla, flash-attn) keep less than the reference kernels: an upper bound")
@@ -373,13 +374,6 @@ def parse_memory(text: str) -> int:
     if m is None or unit not in _UNITS:
         raise SleepifyError(f"--memory {text!r}: give a size such as 80GiB, 24GB or 512MiB")
     return int(float(m.group(1)) * _UNITS[unit])
-
-
-def format_bytes(n: float) -> str:
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def peak_rss() -> int:

@@ -155,7 +155,8 @@ def _print_dry_run(plan: object, nproc: int, memory: str | None, probe: bool, as
 
     from transformers import AutoConfig
 
-    from sleepify.memory_plan import device_memory, fits, format_bytes, parse_memory
+    from sleepify.fsutil import human_size
+    from sleepify.memory_plan import device_memory, fits, parse_memory
     from sleepify.stages.train import plan_memory_for, probe_step
 
     mem = plan_memory_for(plan, world=nproc)
@@ -181,7 +182,7 @@ def _print_dry_run(plan: object, nproc: int, memory: str | None, probe: bool, as
     where = f"--memory {memory}" if memory else f"this {mem.settings['device']}"
     verdict = "fits" if room["fits"] else "does NOT fit"
     click.echo(
-        f"  {verdict} {format_bytes(budget)} ({where}); largest N that fits: {room['largest_passes']}, "
+        f"  {verdict} {human_size(budget)} ({where}); largest N that fits: {room['largest_passes']}, "
         f"largest micro-batch: {room['largest_micro_batch']}"
     )
     if timing is None:
