@@ -205,3 +205,28 @@ def test_train_fsdp_2_ranks_equals_single_process(chain: Path) -> None:
     reference = single.state_dict()
     for name, value in sharded.state_dict().items():
         torch.testing.assert_close(value, reference[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_config_without_pad_token_id_trains_and_evaluates(tmp_path: Path) -> None:
+    """transformers v5 configs may lack ``pad_token_id`` altogether (a converted Jet-Nemotron's does):
+    warmup and eval read it through ``stages.common.pad_id`` (they raised AttributeError; found by
+    benchmarks/bench_scale.py --model jet-nemotron-2b)."""
+    from transformers import AutoConfig
+
+    jet = {"num_heads": 2, "head_dim": 16, "expand_v": 2, "conv_size": 4, "dconv_generator_reduction": 4,
+           "norm_eps": "1e-5"}  # fmt: skip
+    config = AutoConfig.for_model(
+        "jet_nemotron", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, layer_types=["jet", "attn", "swa", "jet"],
+        efficient_attention_config={"jet": jet, "swa": {"window_size": 8}},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    invoke(["data", "rule110", "--out", str(tmp_path / "data"), "--n-train", "4", "--n-test", "2", "--t", "0",
+            "--quiet"])  # fmt: skip
+    invoke(["convert", str(tmp_path / "base"), "--out", str(tmp_path / "run" / "convert"),
+            "conversion.loop.start=1", "conversion.loop.end=3"])  # fmt: skip
+    assert "pad_token_id" not in json.loads((tmp_path / "run" / "convert" / "config.json").read_text())
+    invoke(["warmup", str(tmp_path / "run" / "convert"), "--data", str(tmp_path / "data"), "--steps", "1",
+            "train.batch_size=2", "--quiet"])  # fmt: skip
+    invoke(["eval", str(tmp_path / "run" / "warmup"), "--max-examples", "2", "--no-plot", "--quiet"])

@@ -21,3 +21,11 @@ def quiet_library_bars() -> None:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
+
+
+def pad_id(config: object) -> int:
+    """The id batches are padded with: the config's ``pad_token_id``, 0 without one. transformers v5
+    configs may not define the attribute at all (a converted Jet-Nemotron's does not), so never read it
+    directly."""
+    value = getattr(config, "pad_token_id", None)
+    return 0 if value is None else int(value)

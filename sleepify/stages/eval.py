@@ -20,7 +20,7 @@ from sleepify.evaluation.report import SCHEMA_VERSION, check_report_folder, labe
 from sleepify.evaluation.scoring import REQUIRED_COLUMNS, evaluate, evaluate_lm
 from sleepify.fsutil import refuse_inputs
 from sleepify.runs import eval_dir, load_model, resolve_model_dir, run_name, stored_recipe
-from sleepify.stages.common import quiet_library_bars
+from sleepify.stages.common import pad_id, quiet_library_bars
 
 __all__ = ["plan_eval", "run_eval"]
 
@@ -130,7 +130,7 @@ def run_eval(
                     f"{data_path} holds token ids up to {vocab_needed - 1} but the model in {model_dir} "
                     f"has a vocabulary of {vocab}: the data was tokenized with another tokenizer"
                 )
-        pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+        pad = pad_id(cfg)
         for n_passes in passes or [int(cfg.sleep_passes)]:
             apply_sleep_settings(cfg, passes=int(n_passes))
             if log is not None:
@@ -140,7 +140,7 @@ def run_eval(
                 )
             if exact_match is None:  # plain text: loss and perplexity
                 lm = evaluate_lm(
-                    model, dataset, batch_size=batch_size, max_examples=max_examples, pad_id=pad_id,
+                    model, dataset, batch_size=batch_size, max_examples=max_examples, pad_id=pad,
                     device=dev, progress=progress,
                 )  # fmt: skip
                 scores = {"buckets": {}, "overall": lm}
@@ -151,7 +151,7 @@ def run_eval(
                     exact_match=exact_match,
                     batch_size=batch_size,
                     max_examples=max_examples,
-                    pad_id=pad_id,
+                    pad_id=pad,
                     device=dev,
                     progress=progress,
                 )

@@ -51,7 +51,7 @@ from sleepify.runs import (
     stage_dir,
     stored_recipe,
 )
-from sleepify.stages.common import quiet_library_bars
+from sleepify.stages.common import pad_id, quiet_library_bars
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
     notice = _slow_on_cpu_notice(model, rows, plan) if is_main else None
     if notice:
         log.warning(notice)
-    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    pad = pad_id(cfg)
 
     def loss_fn(m, batch):  # noqa: ANN001, ANN202
         return m(
@@ -374,7 +374,7 @@ def _train_and_publish(plan: StagePlan, rows: Any, tokenizer: Any, progress: boo
                 plan.resolved.save(where, stage=stage, extra=plan.header)
 
         train(
-            model, rows, rec.train, where, pad_id=pad_id, loss_fn=loss_fn, resume=plan.resume,
+            model, rows, rec.train, where, pad_id=pad, loss_fn=loss_fn, resume=plan.resume,
             progress=progress, desc=stage, on_start=save_recipe,
             passes_schedule=PassesSchedule.from_recipe(rec.sleep),  # None: every step uses sleep.passes
         )  # fmt: skip
@@ -505,7 +505,7 @@ def probe_step(plan: StagePlan) -> float:
     s = rec.sleep
     apply_sleep_settings(cfg, window=s.window, passes=s.passes, eviction=s.eviction, conv_state=s.conv_state)
     optim = MuonAdamW(model, rec.train)
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    pad = pad_id(cfg)
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(rows, pad).items()}
     model.train()
