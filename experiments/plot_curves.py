@@ -27,11 +27,14 @@ def main(out: str, runs: list[str], title: str = TITLE) -> list[str]:
     for arg in runs:
         run, _, label = arg.partition("=")
         rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-        recipe = (Path(run) / "recipe.yaml").read_text()
-        passes = next(
-            line.split(":")[1].strip() for line in recipe.splitlines() if line.strip().startswith("passes:")
-        )
-        label = label or f"N={passes}"
+        if not label:  # a run without recipe.yaml (experiments/gpu_science.py) is always given one
+            recipe = (Path(run) / "recipe.yaml").read_text()
+            passes = next(
+                line.split(":")[1].strip()
+                for line in recipe.splitlines()
+                if line.strip().startswith("passes:")
+            )
+            label = f"N={passes}"
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".", label=label)
         labels.append(label)
     ax.axhline(0.6931, color="grey", linestyle="--", linewidth=0.8, label="chance (ln 2)")

@@ -44,6 +44,15 @@ PLATEAU = 0.67  # a run has left the plateau at the first logged step from which
 SOLVED = 0.1  # ... and has solved the task from the first logged step its loss stays below this (~99 % exact)
 RECIPE = "repro/rule110-cpu"
 CURRICULUM = "repro/rule110-cpu-curriculum"
+# The models (--model): the shipped 4-block d = 64 hybrid (the default), and the same hybrid with two
+# blocks, attention -> GDN (issue 28: half the depth per pass, so one pass stops at a smaller Rule 110
+# depth). The two-block model is not a built-in: ``--make-base`` writes it as a local base model (weights
+# seeded by the init seed), which ``sleepify convert`` turns into the hybrid like any local folder. Run and
+# convert folders of a model other than "small" get "-MODEL" in their names.
+MODELS: dict[str, dict[str, str]] = {
+    "small": {"source": "builtin:gdn-hybrid-4-small", "recipe": RECIPE, "name": "gdn-hybrid-4-small"},
+    "2l": {"source": "", "recipe": "repro/rule110-cpu-2layer", "name": "gdn-hybrid-2-small"},
+}
 # Method variants for the ablation of the issue-14 defaults (run names get "-VARIANT"): the old forget-gate
 # init (a different convert: conversion.decay_init=fla) and the conv state carried across windows and
 # between passes (carry), or along one of the two paths only.
@@ -56,6 +65,25 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "carry-windows": {"convert": [], "train": ["sleep.conv_state=carry-across-windows"]},
     "carry-passes": {"convert": [], "train": ["sleep.conv_state=carry-between-passes"]},
 }
+
+
+def make_base(out: Path, seed: int) -> None:
+    """The two-block base model (attention -> GDN, d = 64: ``gdn-hybrid-4-small``'s layers 0-1 and sizes),
+    initialised with ``seed``, and the character tokenizer, saved as a local model folder."""
+    import torch
+
+    import sleepify
+    from sleepify.data.tokenizer import build_char_tokenizer
+    from sleepify.models.scratch import SleepScratchForCausalLM
+    from sleepify.models.scratch.builtin import builtin_config
+
+    sleepify.register_models()
+    config = builtin_config("gdn-hybrid-4-small")
+    config.num_hidden_layers, config.layer_types = 2, config.layer_types[:2]
+    torch.manual_seed(seed)
+    model = SleepScratchForCausalLM(config)
+    model.save_pretrained(out)
+    build_char_tokenizer().save_pretrained(out)
 
 
 def sh(args: list[str], log: Path) -> float:
@@ -129,8 +157,11 @@ STEPS = 500  # the first grid's budget (and the default): runs of another budget
 ROWS = (50_000, 1_000)
 
 
-def run_name(t: int, init: int, data: int, arm: str, variant: str = "", steps: int = STEPS) -> str:
+def run_name(
+    t: int, init: int, data: int, arm: str, variant: str = "", steps: int = STEPS, model: str = "small"
+) -> str:
     name = f"t{t}-i{init}-d{data}-N{arm}" + (f"-{variant}" if variant else "")
+    name += f"-{model}" if model != "small" else ""
     return name + (f"-s{steps}" if steps != STEPS else "")
 
 
@@ -158,11 +189,15 @@ def run_one(
     variant: str = "",
     steps: int = STEPS,
     rows: tuple[int, int] = ROWS,
+    model: str = "small",
 ) -> dict:
     data_dir = out / data_name(t, data, rows)
     uses_fla = "fla-init" in variant
-    convert_dir = out / (f"convert-i{init}" + ("-fla" if uses_fla else ""))
-    run = out / run_name(t, init, data, arm, variant, steps)
+    convert_dir = out / (
+        f"convert-i{init}" + ("-fla" if uses_fla else "") + (f"-{model}" if model != "small" else "")
+    )
+    run = out / run_name(t, init, data, arm, variant, steps, model)
+    recipe = MODELS[model]["recipe"]
     result_file = run / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
@@ -171,9 +206,14 @@ def run_one(
             sh(sleepify("data", "rule110", "--out", str(data_dir), "--t", str(t), "--n-train", str(rows[0]),
                         "--n-test", str(rows[1]), "--seed", str(data), "--quiet"), log)  # fmt: skip
         if not (convert_dir / "config.json").is_file():
-            sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
+            source = MODELS[model]["source"]
+            if not source:  # a local base model: written first, seeded with the init seed
+                source = str(out / f"base-i{init}-{model}")
+                if not (Path(source) / "config.json").is_file():
+                    sh([sys.executable, __file__, "--make-base", source, "--init", str(init)], log)
+            sh(sleepify("convert", source, "--out", str(convert_dir), "-r", recipe,
                         f"train.seed={init}", *VARIANTS[variant]["convert"]), log)  # fmt: skip
-    recipes = ["-r", RECIPE] + (["-r", CURRICULUM] if arm == "curriculum" else ["--N", arm])
+    recipes = ["-r", recipe] + (["-r", CURRICULUM] if arm == "curriculum" else ["--N", arm])
     resume = ["--resume", "auto"]
     train = ["train", str(convert_dir), *recipes, "--data", str(data_dir), f"train.seed={data}",
              *VARIANTS[variant]["train"], *budget_overrides(arm, steps)]  # fmt: skip
@@ -196,8 +236,38 @@ def run_one(
         "steps": steps,
         "train_wall_s": train_wall(run, data_dir),
     }
+    if model != "small":  # the rows of the shipped model keep their earlier format
+        result["model"] = MODELS[model]["name"]
     result_file.write_text(json.dumps(result) + "\n")
     return result
+
+
+def row_key(model: str, t: int, init: int, data: int, arm: str, variant: str, steps: int) -> tuple:
+    return (MODELS[model]["name"], t, init, data, arm, variant or "default", steps)
+
+
+def key_of(row: dict) -> tuple:
+    """A row's key: rows of the shipped model carry no "model" and rows of the first grid no "steps"."""
+    return (row.get("model", MODELS["small"]["name"]), row["t"], row["init_seed"], row["data_seed"],
+            row["arm"], row.get("variant", "default"), row.get("steps", STEPS))  # fmt: skip
+
+
+def committed_row(rows: Path, key: tuple) -> dict | None:
+    """The row of ``key`` in the committed jsonl ``rows`` (the last if several), or None."""
+    if not rows.is_file():
+        return None
+    found = [r for r in map(json.loads, rows.read_text().splitlines()) if key_of(r) == key]
+    return found[-1] if found else None
+
+
+def commit_row(rows: Path, row: dict, key: tuple) -> None:
+    """Append ``row`` to ``rows`` unless a row of ``key`` is there (two copies of the script may share it)."""
+    rows.parent.mkdir(parents=True, exist_ok=True)
+    with rows.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        if not any(key_of(json.loads(line)) == key for line in f.read().splitlines() if line.strip()):
+            f.write(json.dumps(row) + "\n")
 
 
 def summarise(out: Path, results: list[dict], arms: list[str], steps: int = STEPS) -> None:
@@ -302,7 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=ROWS[0], help="training rows of each data seed")
     p.add_argument("--n-test", type=int, default=ROWS[1], help="test rows of each data seed")
     p.add_argument("--summarise-only", action="store_true", help="tables and plot of the finished runs only")
+    p.add_argument(
+        "--model", default="small", choices=list(MODELS), help="small (default) or 2l (two blocks)"
+    )
+    p.add_argument(
+        "--rows",
+        type=Path,
+        help="committed rows (docs/figures/*.jsonl): runs with a row there are skipped, new rows appended",
+    )
+    p.add_argument("--make-base", type=Path, help=argparse.SUPPRESS)  # internal: write the 2l base model
+    p.add_argument("--init", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.make_base:
+        make_base(args.make_base, args.init)
+        return 0
     rows = (args.n_train, args.n_test)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "commands.log"
@@ -311,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         init, data = (int(x) for x in pair.split(":"))
         for arm in args.arms:
             if args.summarise_only:
-                run = args.out / run_name(args.t, init, data, arm, args.variant, args.steps)
+                run = args.out / run_name(args.t, init, data, arm, args.variant, args.steps, args.model)
                 if not (run / "result.json").is_file():
                     continue
                 r = json.loads((run / "result.json").read_text())
@@ -322,7 +405,15 @@ def main(argv: list[str] | None = None) -> int:
                     r["left_plateau_step"] = plateau_exit(run / "metrics.jsonl", arm, r["steps"])
                 results.append(r)
                 continue
-            results.append(run_one(args.out, args.t, init, data, arm, log, args.variant, args.steps, rows))
+            key = row_key(args.model, args.t, init, data, arm, args.variant, args.steps)
+            kept = committed_row(args.rows, key) if args.rows else None
+            if kept is None:
+                kept = run_one(
+                    args.out, args.t, init, data, arm, log, args.variant, args.steps, rows, args.model
+                )
+                if args.rows:
+                    commit_row(args.rows, kept, key)
+            results.append(kept)
             summarise(args.out, results, args.arms, args.steps)
             print(json.dumps(results[-1]), flush=True)
     if args.summarise_only and results:

@@ -174,3 +174,96 @@ def test_plot_curves_draws_one_curve_per_run_with_its_passes_or_label(tmp_path: 
     labels = plot_curves.main(str(out), [runs[0], runs[1] + "=N=2, 3000 steps"], title="Rule 110, t = 4")
     assert labels == ["N=1", "N=2, 3000 steps"]  # the passes from recipe.yaml, or the label given
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rule110_seeds_two_block_model_commits_rows_and_skips_committed_ones(tmp_path: Path) -> None:
+    """Issue 28: --model 2l builds the two-block hybrid from a seeded local base; --rows appends each new row
+    to a committed jsonl and skips a run whose row is there, also in a fresh --out (another machine)."""
+    seeds = load("rule110_seeds")
+    rows = tmp_path / "figures" / "rows.jsonl"
+    args = ["--t", "2", "--pairs", "1:0", "--arms", "1", "--steps", "1", "--n-train", "32", "--n-test", "8",
+            "--model", "2l", "--rows", str(rows)]  # fmt: skip
+    assert seeds.main(["--out", str(tmp_path / "a"), *args]) == 0
+    (row,) = map(json.loads, rows.read_text().splitlines())
+    assert (row["model"], row["t"], row["init_seed"], row["data_seed"], row["arm"], row["steps"]) == (
+        "gdn-hybrid-2-small", 2, 1, 0, "1", 1)  # fmt: skip
+    config = json.loads((tmp_path / "a" / "convert-i1-2l" / "config.json").read_text())
+    assert config["base_config"]["layer_types"] == ["full_attention", "linear_attention"]
+    assert (tmp_path / "a" / "t2-i1-d0-N1-2l-s1" / "result.json").is_file()
+    # the same init seed gives the same base weights; another gives others
+    from safetensors.torch import load_file
+
+    seeds.make_base(tmp_path / "again", 1)
+    seeds.make_base(tmp_path / "other", 2)
+    bases = (tmp_path / "a" / "base-i1-2l", tmp_path / "again", tmp_path / "other")
+    first, again, other = (load_file(p / "model.safetensors") for p in bases)
+    assert all((first[k] == again[k]).all() for k in first)
+    assert any((first[k] != other[k]).any() for k in first)
+    # a fresh --out: the committed row is reused, nothing runs, the row is not appended twice
+    assert seeds.main(["--out", str(tmp_path / "b"), *args]) == 0
+    assert not list((tmp_path / "b").glob("t2-*")) and len(rows.read_text().splitlines()) == 1
+    assert json.loads((tmp_path / "b" / "results.jsonl").read_text()) == row
+    # another budget is another row
+    seeds.commit_row(rows, {**row, "steps": 2}, seeds.key_of({**row, "steps": 2}))
+    seeds.commit_row(rows, row, seeds.key_of(row))
+    assert [json.loads(x)["steps"] for x in rows.read_text().splitlines()] == [1, 2]
+
+
+def test_gpu_science_plan_fits_seven_minutes_and_splits_the_steps_evenly() -> None:
+    science = load("gpu_science")
+    assert sum(s for _, s, _ in science.PHASES) + science.MARGIN_S == science.BUDGET_S == 420
+    assert science.MARGIN_S >= 0
+    text = science.plan_text([4, 8])
+    assert "t = 4, 8" in text and "420 s" in text and all(name in text for name, _, _ in science.PHASES)
+    step_s = {1: 0.1, 2: 0.2, 4: 0.4}
+    # 280 s over 2 depths x (0.1 + 0.2 + 0.4) s per step, plus 10 %: 181 steps for every run
+    assert science.steps_per_run(step_s, [4, 8], 280, 20, 2000) == 181
+    assert science.steps_per_run(step_s, [4, 8], 280, 20, 100) == 100
+    assert science.steps_per_run({1: 9.0, 2: 9.0, 4: 9.0}, [4, 8], 280, 20, 2000) == 20
+
+
+def test_gpu_science_runs_at_toy_shapes_without_datasets_or_click(tmp_path: Path) -> None:
+    """The GPU machine has torch, transformers and triton (plus the carried wheels), not datasets or click:
+    run the script with both unimportable, at toy shapes, on whatever device this is."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "science"
+    script = ROOT / "experiments" / "gpu_science.py"
+    blocked = (
+        "import runpy, sys; sys.modules['datasets'] = None; sys.modules['click'] = None; "
+        f"sys.argv = [{str(script)!r}, '--tiny', '--t', '2', '--out', {str(out)!r}]; "
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", blocked], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["t"], r["arm"]) for r in rows] == [(t, n) for t in (2, 4) for n in ("1", "2", "4")]
+    cpu_keys = {
+        "t",
+        "init_seed",
+        "data_seed",
+        "arm",
+        "variant",
+        "exact_match",
+        "answer_loss",
+        "left_plateau_step",
+        "solved_step",
+        "steps",
+        "train_wall_s",
+    }  # rule110_seeds.py's rows
+    for r in rows:
+        assert cpu_keys <= set(r) and r["steps"] == 2 and not r["cut"] and r["batch_size"] == 8
+        assert 0 <= r["exact_match"] <= 1 and r["answer_loss"] > 0 and r["tokens"] == 2 * 8 * 102
+    # the same weights and data: the runs differ by N only, and N changes the result
+    assert len({round(r["answer_loss"], 6) for r in rows if r["t"] == 2}) == 3
+    curves = [json.loads(line) for line in (out / "curves.jsonl").read_text().splitlines()]
+    assert {(c["t"], c["N"], c["step"]) for c in curves} == {(t, n, s) for t in (2, 4) for n in (1, 2, 4)
+                                                            for s in (1, 2)}  # fmt: skip
+    plan = json.loads((out / "plan.json").read_text())
+    assert set(plan["step_s"]) == {"1", "2", "4"} and plan["steps"] == 2 and plan["ts"] == [2, 4]
+    for t in (2, 4):
+        assert (out / f"rule110-gpu-t{t}-loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 2 | 0 | 0 |" in (out / "results.md").read_text()
