@@ -116,9 +116,11 @@ def load(convert_dir: Path, device):  # noqa: ANN001, ANN201
 
 
 def calibrate(convert_dir: Path, rows: RowSet, rec, device) -> dict[int, float]:  # noqa: ANN001
-    """Seconds per optimizer step for each N (best of the timed steps, after a warm-up step)."""
+    """Seconds per optimizer step for each N (best of the timed steps, after a warm-up step): the work of
+    one step of ``sleepify.training.loop.train`` (collate, forward, backward, clipping, Muon/AdamW step)."""
     import torch
 
+    from sleepify.training.data import collate
     from sleepify.training.optim import MuonAdamW
 
     seconds = {}
@@ -126,13 +128,16 @@ def calibrate(convert_dir: Path, rows: RowSet, rec, device) -> dict[int, float]:
         model = load(convert_dir, device).train()
         configure(model, n)
         optim = MuonAdamW(model, rec.train)
-        batch = to_device(rows, range(0, rec.train.batch_size), device)
         times = []
         for i in range(1 + CALIBRATION_STEPS):
             t0 = time.perf_counter()
+            batch = {
+                k: v.to(device) for k, v in collate([rows[j] for j in range(rec.train.batch_size)], 0).items()
+            }
             with autocast(device):
                 loss = model(**batch, logits="none", checkpoint_windows=False).loss
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()
             optim.zero_grad()
             if device.type == "cuda":
