@@ -170,6 +170,43 @@ def _load_without_sleepify(
     return torch.load(tmp / "out.pt", weights_only=True)
 
 
+_TOKENIZER_LOADER = textwrap.dedent(
+    """
+    import json, sys
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = sys.argv[1]
+    # trust_remote_code=False: transformers reads config.json through AutoConfig first, refuses the folder's
+    # code without asking, and falls back to the plain config; the tokenizer itself needs no code
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    plain = PreTrainedTokenizerFast.from_pretrained(folder)
+    ids = tok("ab ba", add_special_tokens=False).input_ids
+    assert ids == plain("ab ba", add_special_tokens=False).input_ids
+    ran_code = sorted(m for m in sys.modules if m.startswith("transformers_modules"))
+    print(json.dumps({"ids": ids, "text": tok.decode(ids), "ran_code": ran_code}))
+    """
+)
+
+
+def _load_tokenizer_without_code(folder: Path, tmp: Path, site: Path) -> tuple[dict, str]:
+    """The export's tokenizer through AutoTokenizer with trust_remote_code=False, stdin closed (a prompt
+    would show in the output); returns what it printed and the process's stderr."""
+    (tmp / "tokenizer_loader.py").write_text(_TOKENIZER_LOADER)
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp / "hf-modules-tok"), "PYTHONPATH": str(site)}
+    proc = subprocess.run(
+        [sys.executable, "-S", str(tmp / "tokenizer_loader.py"), str(folder)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout + proc.stderr
+
+
 _RESAVER = textwrap.dedent(
     """
     import importlib.util, sys
@@ -232,6 +269,9 @@ def test_converted_qwen2_export_loads_and_generates_without_sleepify(
     export(convert_dir, out, log=None)
     remote = _check_export(out, tmp_path, minimal_site, vocab=100, pipe=True)
     assert remote["text"].startswith("ab") and len(remote["text"]) > 2
+    tok, printed = _load_tokenizer_without_code(out, tmp_path, minimal_site)
+    assert tok["text"] == "ab ba" and tok["ran_code"] == []
+    assert "Do you wish to run the custom code" not in printed  # no [y/N] prompt
     resaved = _resave(out, tmp_path, minimal_site)
     again = _check_export(resaved, tmp_path, minimal_site, vocab=100)
     torch.testing.assert_close(again["logits"], remote["logits"], rtol=0, atol=0)

@@ -522,6 +522,11 @@ def model_card(
         "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))",
         "```",
         "",
+        "The tokenizer alone needs no custom code: `AutoTokenizer.from_pretrained(model_id, "
+        "trust_remote_code=False)` loads it without running any and without a prompt (transformers reads "
+        "`config.json` through `AutoConfig` first, and asks before running a folder's code when "
+        "`trust_remote_code` is not given).",
+        "",
         "With sleepify installed (from its source repository: `pip install .` in a checkout; it is not on "
         "PyPI), the model also loads without `trust_remote_code` after `import sleepify`, and the command "
         f'line generates too: `sleepify generate {shlex.quote(repo)} --prompt "..."`.',
