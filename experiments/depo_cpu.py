@@ -18,6 +18,14 @@ Writes ``OUT/curves.jsonl`` (one row per N, step and k), ``OUT/curves.md`` and `
 kept, so the script can be restarted. ``--score-only`` trains nothing and scores what each arm has so far:
 a run that was stopped (or is still training) up to its last checkpoint.
 
+Sizes (issue 28: a Depo where some N learns k = 4 on a CPU): ``--max-nodes`` / ``--max-k`` set the graph
+(default 12 / 8, the recipe's), ``--model 2l`` trains the two-block (attention -> GDN) d = 64 hybrid of
+``experiments/rule110_seeds.py --model 2l`` instead of the four-block one (its base model is written by that
+script's ``--make-base``, seeded by the init seed). ``OUT/settings.json`` records them; a restart with other
+settings is refused. ``--rows FILE`` appends every scored row, with its settings, to a committed jsonl
+(``docs/figures/...``) and skips an arm whose final step is already there: a grid moved to another
+machine goes on where it stopped.
+
 Usage::
 
     PYTHONPATH=. OMP_NUM_THREADS=1 nohup python experiments/depo_cpu.py --out runs/depo > runs/depo.log 2>&1 &
@@ -33,7 +41,10 @@ import sys
 from pathlib import Path
 
 RECIPE = "repro/depo-cpu"
-DATA_ARGS = ["--max-nodes", "12", "--max-k", "8", "--n-queries", "4"]  # row counts: --n-train / --n-test
+N_QUERIES = 4  # queries per row (the recipe's); graph size: --max-nodes / --max-k
+MODELS = {"small": "gdn-hybrid-4-small", "2l": "gdn-hybrid-2-small"}  # --model -> the name in the rows
+RULE110 = Path(__file__).with_name("rule110_seeds.py")  # owns --make-base (the two-block base model)
+SETTINGS = ("model", "max_nodes", "max_k", "steps", "init_seed", "data_seed", "n_train", "n_test", "n_eval")
 
 
 def sh(args: list[str], log: Path) -> None:
@@ -90,7 +101,7 @@ def score(
     return rows
 
 
-def write_report(out: Path, rows: list[dict]) -> None:
+def write_report(out: Path, rows: list[dict], title: str = "") -> None:
     (out / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     arms = sorted({r["N"] for r in rows})
     ks = sorted({r["k"] for r in rows if r["k"] != "all"})
@@ -106,10 +117,10 @@ def write_report(out: Path, rows: list[dict]) -> None:
             cells.append(f"{r['loss']:.3f} ({r['exact_match']:.3f})")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     (out / "curves.md").write_text("\n".join(lines) + "\n")
-    plot(out / "curves.png", rows, arms, ks)
+    plot(out / "curves.png", rows, arms, ks, title)
 
 
-def plot(path: Path, rows: list[dict], arms: list[int], ks: list[int]) -> None:
+def plot(path: Path, rows: list[dict], arms: list[int], ks: list[int], title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,10 +136,63 @@ def plot(path: Path, rows: list[dict], arms: list[int], ks: list[int]) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test answer-token loss (nats)")
     axes[0].legend()
-    fig.suptitle("Depo at CPU scale: 3-12 nodes, L = 12, hard eviction, d = 64", fontsize=9)
+    fig.suptitle(title or "Depo at CPU scale: 3-12 nodes, L = 12, hard eviction, d = 64", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    return {
+        "model": MODELS[args.model],
+        "max_nodes": args.max_nodes,
+        "max_k": args.max_k,
+        "steps": args.steps or 600,
+        "init_seed": args.init_seed,
+        "data_seed": args.data_seed,
+        "n_train": args.n_train,
+        "n_test": args.n_test,
+        "n_eval": args.n_eval,
+    }
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """``OUT/settings.json`` is written on the first run; a restart with other settings is refused, so the
+    curves of one folder never mix two experiments."""
+    file = out / "settings.json"
+    if file.is_file():
+        before = json.loads(file.read_text())
+        before.setdefault("model", MODELS["small"])  # folders of the first runs: the four-block model
+        changed = sorted(k for k in settings if before.get(k, settings[k]) != settings[k])
+        if changed:
+            raise SystemExit(
+                f"error: {out} was run with other settings ({', '.join(changed)}: see {file}); "
+                "choose another --out or the same settings"
+            )
+    else:
+        file.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def committed_rows(rows_file: Path | None, settings: dict) -> list[dict]:
+    """The rows of these settings in the committed jsonl (without the settings keys)."""
+    if rows_file is None or not rows_file.is_file():
+        return []
+    found = []
+    for line in rows_file.read_text().splitlines():
+        row = json.loads(line)
+        if all(row.get(k) == v for k, v in settings.items()):
+            found.append({k: v for k, v in row.items() if k not in SETTINGS})
+    return found
+
+
+def commit_rows(rows_file: Path, settings: dict, new: list[dict]) -> None:
+    """Append ``new`` (with the settings) to the committed jsonl, skipping rows already there."""
+    rows_file.parent.mkdir(parents=True, exist_ok=True)
+    have = {(r["N"], r["step"], str(r["k"])) for r in committed_rows(rows_file, settings)}
+    with rows_file.open("a") as f:
+        for r in new:
+            if (r["N"], r["step"], str(r["k"])) not in have:
+                f.write(json.dumps({**settings, **r}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=50_000)
     p.add_argument("--n-test", type=int, default=1_000)
     p.add_argument("--n-eval", type=int, default=500, help="test rows scored per step")
+    p.add_argument("--max-nodes", type=int, default=12, help="largest cycle (default 12, the recipe's)")
+    p.add_argument("--max-k", type=int, default=8, help="largest hop count of the queries (default 8)")
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="small",
+        help="small: the four-block d = 64 hybrid (default); 2l: its first two blocks (attention -> GDN)",
+    )
+    p.add_argument(
+        "--rows", type=Path, help="append scored rows to this committed jsonl; skip arms done there"
+    )
     p.add_argument("--report-only", action="store_true", help="rewrite the report from curves.jsonl")
     p.add_argument(
         "--score-only",
@@ -156,15 +231,32 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
     curves = out / "curves.jsonl"
+    settings = settings_of(args)
+    check_settings(out, settings)
     rows = [json.loads(line) for line in curves.read_text().splitlines()] if curves.is_file() else []
+    for r in committed_rows(args.rows, settings):  # rows scored on another machine
+        if not any((q["N"], q["step"], q["k"]) == (r["N"], r["step"], r["k"]) for q in rows):
+            rows.append(r)
+    title = (f"Depo at CPU scale: {MODELS[args.model]}, cycles of 3-{args.max_nodes} nodes, "
+             f"k <= {args.max_k}, L = 12, hard eviction")  # fmt: skip
+    last_step = settings["steps"]
     if not args.report_only:
         data_dir, convert_dir = out / "data", out / "convert"
         if not (data_dir / "meta.json").is_file():
-            sh(sleepify("data", "depo", "--out", str(data_dir), *DATA_ARGS, "--n-train", str(args.n_train),
-                        "--n-test", str(args.n_test), "--seed", str(args.data_seed),
-                        "--quiet", "--overwrite"), log)  # fmt: skip
+            sh(sleepify("data", "depo", "--out", str(data_dir), "--max-nodes", str(args.max_nodes),
+                        "--max-k", str(args.max_k), "--n-queries", str(N_QUERIES),
+                        "--n-train", str(args.n_train), "--n-test", str(args.n_test), "--seed",
+                        str(args.data_seed), "--quiet", "--overwrite"), log)  # fmt: skip
         if not (convert_dir / "config.json").is_file():
-            sh(sleepify("convert", "builtin:gdn-hybrid-4-small", "--out", str(convert_dir), "-r", RECIPE,
+            source = "builtin:gdn-hybrid-4-small"
+            if args.model == "2l":  # a local base model, seeded by the init seed
+                source = str(out / f"base-i{args.init_seed}-2l")
+                if not (Path(source) / "config.json").is_file():
+                    sh(
+                        [sys.executable, str(RULE110), "--make-base", source, "--init", str(args.init_seed)],
+                        log,
+                    )
+            sh(sleepify("convert", source, "--out", str(convert_dir), "-r", RECIPE,
                         f"train.seed={args.init_seed}", "--overwrite"), log)  # fmt: skip
         steps = (  # a checkpoint every sixth of the budget, rounded up: none lands just before the last step
             []
@@ -173,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n in args.arms:
             run = out / f"N{n}"
+            if any(r["N"] == n and r["step"] == last_step for r in rows) and not run.is_dir():
+                continue  # finished and scored elsewhere (the committed rows)
             if not args.score_only and not (run / "model" / "config.json").is_file():
                 sh(sleepify("train", str(convert_dir), "-r", RECIPE, "--N", str(n), "--data", str(data_dir),
                             f"train.seed={args.data_seed}", *steps, "--out", str(run), "--resume", "auto"),
@@ -180,10 +274,13 @@ def main(argv: list[str] | None = None) -> int:
             if not run.is_dir():
                 continue
             done = {r["step"] for r in rows if r["N"] == n}
-            rows += score(n, weight_files(convert_dir, run), convert_dir, data_dir, args.n_eval, done)
-            write_report(out, rows)
+            new = score(n, weight_files(convert_dir, run), convert_dir, data_dir, args.n_eval, done)
+            rows += new
+            if args.rows:
+                commit_rows(args.rows, settings, new)
+            write_report(out, rows, title)
     if rows:
-        write_report(out, rows)
+        write_report(out, rows, title)
     return 0
 
 

@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,6 +56,31 @@ def test_depo_cpu_scores_every_checkpoint_per_k_and_restarts(tmp_path: Path) -> 
     assert {r["step"] for r in partial if r["N"] == 2} == {0, *kept}
     earlier = {(r["step"], r["k"]): r["loss"] for r in rows if r["N"] == 2}
     assert all(r["loss"] == earlier[(r["step"], r["k"])] for r in partial if r["N"] == 2)
+
+
+def test_depo_cpu_two_block_model_smaller_graph_and_committed_rows(tmp_path: Path) -> None:
+    depo = load("depo_cpu")
+    out, committed = tmp_path / "depo", tmp_path / "figures" / "depo.jsonl"
+    args = ["--out", str(out), "--arms", "1", "--steps", "2", "--n-train", "32", "--n-test", "16",
+            "--n-eval", "16", "--model", "2l", "--max-nodes", "6", "--max-k", "4",
+            "--rows", str(committed)]  # fmt: skip
+    assert depo.main(args) == 0
+    config = json.loads((out / "convert" / "config.json").read_text())
+    assert config["base_config"]["num_hidden_layers"] == 2  # the base of rule110_seeds --make-base
+    rows = [json.loads(line) for line in committed.read_text().splitlines()]
+    assert {r["step"] for r in rows} == {0, 1, 2} and {r["k"] for r in rows} - {"all"} <= {1, 2, 4}
+    assert all(r["model"] == "gdn-hybrid-2-small" and r["max_nodes"] == 6 and r["max_k"] == 4 for r in rows)
+    # other settings in the same folder: refused, nothing changed
+    before = (out / "curves.jsonl").read_text()
+    with pytest.raises(SystemExit, match="max_k"):
+        depo.main([*args[:-6], "--max-nodes", "6", "--max-k", "8", "--rows", str(committed)])
+    assert (out / "curves.jsonl").read_text() == before
+    # another machine: the run folder is gone, the committed rows are kept -> nothing is retrained
+    moved = tmp_path / "moved"
+    assert depo.main(["--out", str(moved), *args[2:]]) == 0
+    assert not (moved / "N1").exists()
+    assert (moved / "curves.jsonl").read_text().count("\n") == len(rows)
+    assert committed.read_text().count("\n") == len(rows)
 
 
 def test_rule110_seeds_runs_each_arm_on_a_smaller_budget_and_restarts(tmp_path: Path) -> None:
