@@ -243,3 +243,19 @@ def test_bench_scale_toy_chain(tmp_path: Path) -> None:
         "warmup N=4 checkpointed", "train N=4 checkpointed", "train N=2 not checkpointed"]  # fmt: skip
     assert all(p["predicted_bytes"] > 0 and p["measured_bytes"] > 0 for p in results["planner"])
     assert not (tmp_path / "work").exists()  # removed without --keep
+
+
+def test_bench_half_linear_runs_and_reports_every_path(tmp_path: Path) -> None:
+    """benchmarks/bench_half_linear.py at a tiny shape: every path timed, ratios computed, JSON written."""
+    import importlib.util
+
+    file = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_half_linear.py"
+    spec = importlib.util.spec_from_file_location("bench_half_linear", file)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "half.json"
+    res = bench.main(["--rows", "4", "--hidden", "16", "--out-features", "8", "--threads", "1",
+                      "--repeats", "1", "--json", str(out)])  # fmt: skip
+    for path in ("float32", "bfloat16 native", "bfloat16 weights, float32 products"):
+        assert res[path]["forward_s"] > 0 and res[path]["backward_s"] > 0
+    assert res["speedup_backward"] > 0 and json.loads(out.read_text())["threads"] == 1

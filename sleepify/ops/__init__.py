@@ -8,6 +8,9 @@
 | ``gated_rmsnorm`` | torch | fla's fused kernel (CUDA) |
 | ``window_attention`` | fp32 masked softmax | SDPA, flash-attn (CUDA fp16/bf16), fla attention (Triton) |
 
+``sleepify.ops.float32_linear`` (not re-exported: not part of an export's kernel): half-precision weights
+whose linear products run in float32, for CPUs without bf16 units; reference: its definition.
+
 GPU libraries (Triton kernels, fla, flash-attn) are imported only when their backend is selected.
 Which backend runs (``backend="auto"``) and what each needs is one table, ``sleepify/ops/registry.py``;
 ``sleepify doctor`` prints it for the machine at hand.
