@@ -3,12 +3,20 @@
 Muon orthogonalises the update of a weight *matrix*; embeddings and the output head are 2-D too but
 are lookup tables / classifiers, not hidden transforms, so they go to AdamW by name (as Keller Jordan's
 and Moonshot's recipes do). Conv filters (3-D), norms, biases, A_log, dt_bias and gates go to AdamW.
+
+One departure from ``torch.optim.Muon`` as shipped: it runs its Newton-Schulz iteration in bfloat16
+(hard-coded), and on a CPU without bf16 units (no AVX512-BF16 / AMX) bfloat16 products take a slow path
+(``benchmarks/bench_half_linear.py`` measures it: one 2048 x 2048 orthogonalisation took minutes). There,
+for matrices of at least :data:`FLOAT32_NS_MIN_NUMEL` entries, the same iteration (same coefficients and
+steps) runs in float32 (:class:`Muon`). Smaller matrices, GPUs and CPUs with bf16 units keep torch's own
+path, so the CPU-scale experiments (d = 64) are unchanged. ``SLEEPIFY_HALF_PRODUCTS=native`` turns it off.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+import os
 from collections.abc import Iterable
 
 import torch
@@ -16,6 +24,7 @@ from torch import nn
 
 from sleepify.config.schema import ScheduleSection, TrainSection
 from sleepify.errors import RecipeError
+from sleepify.ops.float32_linear import cpu_has_half_units
 
 # Parameter names that are 2-D but must not use Muon.
 NOT_MUON_PATTERNS = ("*embed*", "*lm_head*", "*wte*")
@@ -41,6 +50,60 @@ def is_muon_param(name: str, param: torch.Tensor) -> bool:
     return param.ndim == 2 and not matches(name, NOT_MUON_PATTERNS)
 
 
+FLOAT32_NS_MIN_NUMEL = 256 * 256  # below this a bf16 and a float32 iteration cost about the same
+
+
+def newton_schulz_float32(
+    grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float
+) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz orthogonalisation, computed in float32 (torch's runs in
+    bfloat16): the same coefficients, steps, normalisation and transposition."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    tall = grad.size(0) > grad.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, update, x, beta=a)
+    return x.T if tall else x
+
+
+def float32_newton_schulz_here() -> bool:
+    """Whether :class:`Muon` orthogonalises large matrices in float32 on this machine's CPU."""
+    return os.environ.get("SLEEPIFY_HALF_PRODUCTS", "").lower() != "native" and not cpu_has_half_units()
+
+
+class Muon(torch.optim.Muon):
+    """``torch.optim.Muon``, with large CPU matrices orthogonalised in float32 on a CPU without bf16 units
+    (the module docstring says why). Its state and checkpoints are torch's."""
+
+    def __init__(self, params: Iterable[torch.Tensor], *args: object, float32_ns: bool | None = None, **kw):
+        super().__init__(params, *args, **kw)  # type: ignore[arg-type]
+        self.float32_ns = float32_newton_schulz_here() if float32_ns is None else float32_ns
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def,override]
+        from torch.optim import _muon
+
+        original = getattr(_muon, "_zeropower_via_newtonschulz", None)
+        if not self.float32_ns or original is None:  # a torch without that function: its own path
+            return super().step(closure)
+
+        def orthogonalise(grad: torch.Tensor, coefficients, steps: int, eps: float) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            if grad.device.type == "cpu" and grad.numel() >= FLOAT32_NS_MIN_NUMEL:
+                return newton_schulz_float32(grad, coefficients, steps, eps)
+            return original(grad, coefficients, steps, eps)
+
+        _muon._zeropower_via_newtonschulz = orthogonalise
+        try:
+            return super().step(closure)
+        finally:
+            _muon._zeropower_via_newtonschulz = original
+
+
 class MuonAdamW:
     """One optimizer interface over the Muon and AdamW groups (step, zero_grad). Checkpoints save
     ``self.optimizers`` by parameter name (``sleepify/training/parallel.py``)."""
@@ -58,7 +121,7 @@ class MuonAdamW:
         self.optimizers: list[torch.optim.Optimizer] = []
         if muon:
             self.optimizers.append(
-                torch.optim.Muon(
+                Muon(
                     muon,
                     lr=opt.muon_lr,
                     weight_decay=opt.weight_decay,
