@@ -1,5 +1,7 @@
-"""Half-precision linear layers on this CPU: native bfloat16 products against float32 products
-(``sleepify.ops.float32_linear``) and plain float32, forward + backward of one Ouro-1.4B MLP projection.
+"""Half-precision products on this CPU: native bfloat16 against float32 products
+(``sleepify.ops.float32_linear``) and plain float32, forward + backward of one Ouro-1.4B MLP projection;
+and Muon's Newton-Schulz orthogonalisation of one matrix, torch's bfloat16 iteration against ours in
+float32 (``sleepify.training.optim``).
 
 Prints each path's time and the ratios, measured in one run. On a CPU without bf16 units (no AVX512-BF16 /
 AMX) the native bfloat16 weight gradient falls to a slow path; ``runs.load_model`` then swaps the model's
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from sleepify.ops.float32_linear import cpu_has_half_units, float32_linear  # noqa: E402
+from sleepify.training.optim import newton_schulz_float32  # noqa: E402
 
 
 def timed(fn, x: torch.Tensor, w: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rows", type=int, default=128, help="tokens in the batch (one window of L = 128)")
     ap.add_argument("--hidden", type=int, default=2048, help="Ouro-1.4B: 2048")
     ap.add_argument("--out-features", type=int, default=5632, help="Ouro-1.4B's intermediate size")
+    ap.add_argument("--ns-side", type=int, default=512, help="Newton-Schulz matrix side (bf16 is slow)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", dest="json_out")
@@ -75,6 +79,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"float32 products over native bfloat16: forward {res['speedup_forward']:.1f}x faster, "
           f"backward {res['speedup_backward']:.1f}x faster; a step costs {res['vs_float32_step']:.2f}x "
           "float32's")  # fmt: skip
+    from torch.optim import _muon
+
+    coeffs, m = (3.4445, -4.775, 2.0315), torch.randn(args.ns_side, args.ns_side, generator=g)
+    ns_paths = {"torch bfloat16": _muon._zeropower_via_newtonschulz, "float32": newton_schulz_float32}
+    for name, fn in ns_paths.items():
+        fn(m, coeffs, 5, 1e-7)
+        t = time.perf_counter()
+        fn(m, coeffs, 5, 1e-7)
+        res[f"newton_schulz {name}_s"] = time.perf_counter() - t
+    ns_bf16, ns_f32 = res["newton_schulz torch bfloat16_s"], res["newton_schulz float32_s"]
+    res["speedup_newton_schulz"] = ns_bf16 / ns_f32
+    print(f"Muon Newton-Schulz, {args.ns_side}^2: torch bfloat16 {ns_bf16:.3f} s, float32 {ns_f32:.3f} s "
+          f"({res['speedup_newton_schulz']:.1f}x)")  # fmt: skip
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2))
     return res

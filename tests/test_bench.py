@@ -255,7 +255,8 @@ def test_bench_half_linear_runs_and_reports_every_path(tmp_path: Path) -> None:
     spec.loader.exec_module(bench)
     out = tmp_path / "half.json"
     res = bench.main(["--rows", "4", "--hidden", "16", "--out-features", "8", "--threads", "1",
-                      "--repeats", "1", "--json", str(out)])  # fmt: skip
+                      "--repeats", "1", "--ns-side", "16", "--json", str(out)])  # fmt: skip
     for path in ("float32", "bfloat16 native", "bfloat16 weights, float32 products"):
         assert res[path]["forward_s"] > 0 and res[path]["backward_s"] > 0
+    assert res["speedup_newton_schulz"] > 0
     assert res["speedup_backward"] > 0 and json.loads(out.read_text())["threads"] == 1
