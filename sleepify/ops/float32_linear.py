@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Float32Linear", "cpu_has_half_units", "float32_linear", "use_float32_products"]
+__all__ = [
+    "Float32Linear",
+    "cpu_has_half_units",
+    "float32_linear",
+    "float32_products_here",
+    "use_float32_products",
+]
 
 _HALF = (torch.bfloat16, torch.float16)
 
@@ -79,13 +85,20 @@ def cpu_has_half_units() -> bool:
         return False
 
 
+def float32_products_here() -> bool:
+    """The one decision for this machine (linear layers here, Muon's iteration in training/optim.py):
+    float32 products for half-precision CPU tensors, unless the CPU has bf16 units or
+    ``SLEEPIFY_HALF_PRODUCTS=native``."""
+    return os.environ.get("SLEEPIFY_HALF_PRODUCTS", "").lower() != "native" and not cpu_has_half_units()
+
+
 def use_float32_products(model: nn.Module, force: bool | None = None) -> int:
     """Make ``model``'s plain ``nn.Linear`` modules with half-precision CPU weights compute in float32
     (class swapped in place; parameters untouched). By default only on a CPU without native bfloat16
     products and unless ``SLEEPIFY_HALF_PRODUCTS=native``; ``force`` overrides both. Returns how many
     modules were swapped."""
     if force is None:
-        force = os.environ.get("SLEEPIFY_HALF_PRODUCTS", "").lower() != "native" and not cpu_has_half_units()
+        force = float32_products_here()
     if not force:
         return 0
     swapped = 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 from collections.abc import Iterable
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from sleepify.config.schema import ScheduleSection, TrainSection
 from sleepify.errors import RecipeError
-from sleepify.ops.float32_linear import cpu_has_half_units
+from sleepify.ops.float32_linear import float32_products_here
 
 # Parameter names that are 2-D but must not use Muon.
 NOT_MUON_PATTERNS = ("*embed*", "*lm_head*", "*wte*")
@@ -71,18 +70,13 @@ def newton_schulz_float32(
     return x.T if tall else x
 
 
-def float32_newton_schulz_here() -> bool:
-    """Whether :class:`Muon` orthogonalises large matrices in float32 on this machine's CPU."""
-    return os.environ.get("SLEEPIFY_HALF_PRODUCTS", "").lower() != "native" and not cpu_has_half_units()
-
-
 class Muon(torch.optim.Muon):
     """``torch.optim.Muon``, with large CPU matrices orthogonalised in float32 on a CPU without bf16 units
     (the module docstring says why). Its state and checkpoints are torch's."""
 
     def __init__(self, params: Iterable[torch.Tensor], *args: object, float32_ns: bool | None = None, **kw):
         super().__init__(params, *args, **kw)  # type: ignore[arg-type]
-        self.float32_ns = float32_newton_schulz_here() if float32_ns is None else float32_ns
+        self.float32_ns = float32_products_here() if float32_ns is None else float32_ns
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[no-untyped-def,override]
