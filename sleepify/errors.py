@@ -89,6 +89,24 @@ class Terminated(KeyboardInterrupt):
     exit_code = 143
 
 
+def interrupt_within(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM hidden inside ``err``, if any. An interrupt that lands while a C extension
+    initialises (pybind11 modules such as matplotlib's, imported lazily at a checkpoint) comes back as
+    ``ImportError("initialization failed")`` raised from it; a handler that catches ``Exception`` to carry
+    on would otherwise swallow the user's stop."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        stack += [e.__cause__, e.__context__]
+    return None
+
+
 # Other words users write for a key: the suggestion looks for the canonical word among the valid keys.
 ALIASES = {
     "lr": "lr",

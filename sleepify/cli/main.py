@@ -155,13 +155,27 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as err:
         _fail(one_line(err.format_message()), 2)
     except SleepifyError as err:
+        _exit_if_stopped(err)
         click.echo(f"{getattr(err, 'prefix', 'error')}: {err}", err=True)
         sys.exit(err.exit_code)
     except Exception as err:  # a full disk, a read-only or vanished path anywhere: one line too
+        _exit_if_stopped(err)
         message = os_error_message(err, output=False)
         if message is None:
             raise
         _fail(message)
+
+
+def _exit_if_stopped(err: BaseException) -> None:
+    """An error that only happened because Ctrl-C or SIGTERM landed inside a C extension (which rewraps
+    it, e.g. pybind11's "initialization failed") is the user's stop, with its exit code, not an error."""
+    from sleepify.errors import Interrupted, interrupt_within
+
+    stop = None if isinstance(err, Interrupted) else interrupt_within(err)
+    if stop is not None:
+        code = getattr(stop, "exit_code", 130)
+        click.echo("Terminated." if code == 143 else "Aborted.", err=True)
+        sys.exit(code)
 
 
 def _check_arguments(argv: list[str]) -> None:

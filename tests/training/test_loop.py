@@ -231,3 +231,36 @@ def test_curves_png_at_every_checkpoint_and_plot_overlays_runs(tmp_path: Path) -
     assert out.is_file() and png.stat().st_mtime_ns == first  # the runs' own pictures are left alone
     result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
     assert result.exit_code != 0 and "holds no metrics.jsonl" in str(result.exception or result.output)
+
+
+def test_a_stop_inside_matplotlibs_first_import_still_stops_the_run(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM landing while matplotlib's pybind11 modules initialise comes back as ImportError
+    ("initialization failed") raised from it; curves.png failing is only a warning, but this is the user's
+    stop and must end the run (it once ran on to the end and crashed at exit)."""
+    import sleepify.training.curves as curves
+    from sleepify.errors import Terminated
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            raise Terminated()
+        except Terminated as stop:
+            raise ImportError("initialization failed") from stop
+
+    monkeypatch.setattr(curves, "plot_curves", interrupted_import)
+    with pytest.raises(Terminated):
+        train(TinyLM(), dataset(), cfg(steps=4, checkpoint_every=2), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_interrupt_within_finds_the_stop_behind_a_rewrapped_or_suppressed_error() -> None:
+    from sleepify.data.common import DataError
+    from sleepify.errors import Terminated, interrupt_within
+
+    try:
+        try:
+            raise Terminated()
+        except Terminated:
+            raise DataError("cannot read it") from None  # the context survives `from None`
+    except DataError as err:
+        assert isinstance(interrupt_within(err), Terminated)
+    assert interrupt_within(ImportError("no module named x")) is None
