@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
     # GSM-Infinite-style rows that cross at least two windows (the generator's shortest are ~130 tokens);
     # on a CPU only just (the cost of a step grows with the row: 2-3 windows keep the chain within an hour)
     min_tok, max_tok = max(130, 2 * window + 4), max(200, 2 * window + (500 if cuda else 64))
+    max_ops = 3 if max_tok >= 320 else 2  # three operations' required sentences alone take ~210-260 tokens
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     src, data, run = work / f"{args.model}-random", work / "data", work / "runs" / args.model
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "--max-tokens",
                 str(max_tok),
                 "--max-ops",
-                "3",
+                str(max_ops),
             ],
             data,
         )

@@ -12,6 +12,7 @@ import torch.optim._muon as torch_muon
 from click.testing import CliRunner
 
 from sleepify.cli.main import cli
+from sleepify.training.optim import newton_schulz_float32
 
 
 def invoke(args: list[str]) -> str:
@@ -31,35 +32,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple, ns_steps: int, eps: float) -> torch.Tensor:
-    """torch.optim.Muon's quintic iteration in float32. The stock one casts to bfloat16, whose rounding
-    depends on how DTensor splits the matmuls, so sharded and unsharded runs differ by a fraction of an
-    update; in float32 they agree to float32 rounding."""
-    a, b, c = ns_coefficients
-    x = grad.float()
-    tall = grad.size(0) > grad.size(1)
-    x = x.T if tall else x
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(ns_steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if tall else x
-
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def float32_muon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """torch.optim.Muon with :func:`newton_schulz_fp32`, in this process and in every Python subprocess it
-    starts (torchrun ranks): a ``sitecustomize`` on ``PYTHONPATH`` applies the same patch there."""
-    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", newton_schulz_fp32)
+    """torch.optim.Muon with sleepify's float32 Newton-Schulz on every matrix, in this process and in every
+    Python subprocess it starts (torchrun ranks): a ``sitecustomize`` on ``PYTHONPATH`` applies the same
+    patch there. The stock iteration casts to bfloat16, whose rounding depends on how DTensor splits the
+    matmuls, so sharded and unsharded runs would differ by a fraction of an update."""
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", newton_schulz_float32)
     site = tmp_path / "float32-muon-site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "import torch.optim._muon as torch_muon\n"
-        "from tests.helpers import newton_schulz_fp32\n"
-        "torch_muon._zeropower_via_newtonschulz = newton_schulz_fp32\n"
+        "from sleepify.training.optim import newton_schulz_float32\n"
+        "torch_muon._zeropower_via_newtonschulz = newton_schulz_float32\n"
     )
     path = [str(site), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))

@@ -134,7 +134,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     invoke(["data", "rule110", "--out", str(root / "rule110"), "--t", "32", *common])
     depo = ["--max-nodes", "8", "--n-queries", "2", "--max-k", "4"]
     invoke(["data", "depo", "--out", str(root / "depo"), *depo, *common])
-    gsm = ["--min-tokens", "120", "--max-tokens", "160", "--max-ops", "2"]
+    gsm = ["--min-tokens", "120", "--max-tokens", "200", "--max-ops", "2"]
     invoke(["data", "gsm-infinite", "--out", str(root / "gsm"), *gsm, *common])
 
     small = dict(

@@ -246,6 +246,10 @@ def add_distractor(g: Generator) -> tuple[str, str]:
     return g.op(a, b if b != a else None)
 
 
+# draws of a problem whose required sentences alone exceed --max-tokens before the settings are refused
+MAX_DRAWS = 20
+
+
 def build_example(
     rng: np.random.Generator,
     ops: int,
@@ -254,6 +258,24 @@ def build_example(
     tokenizer,
     *,
     max_value: int = 99,
+) -> dict[str, Any]:
+    """One row of at most ``max_tokens`` tokens: a problem needing ``ops`` operations, padded with
+    distractors towards ``target_tokens``. A problem whose required sentences alone are longer is drawn
+    again; settings where that keeps happening are refused (never a row longer than asked for)."""
+    shortest = None
+    for _ in range(MAX_DRAWS):
+        row = _draw_example(rng, ops, target_tokens, max_tokens, tokenizer, max_value)
+        if len(row["input_ids"]) <= max_tokens:
+            return row
+        shortest = min(shortest or len(row["input_ids"]), len(row["input_ids"]))
+    raise DataError(
+        f"--max-tokens {max_tokens} is too short for problems of {ops} operations: their required "
+        f"sentences alone take {shortest}+ tokens with this tokenizer; raise --max-tokens or lower --max-ops"
+    )
+
+
+def _draw_example(
+    rng: np.random.Generator, ops: int, target_tokens: int, max_tokens: int, tokenizer, max_value: int
 ) -> dict[str, Any]:
     g, asked = make_problem(rng, ops, max_value)
     n_needed = len(g.problem.order)

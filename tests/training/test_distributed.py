@@ -26,8 +26,8 @@ import torch.optim._muon as torch_muon
 from sleepify.models.hybrid import SleepHybridConfig, SleepHybridForCausalLM
 from sleepify.models.scratch import SleepScratchForCausalLM, builtin_config
 from sleepify.training.loop import close_distributed, init_distributed, train
+from sleepify.training.optim import newton_schulz_float32
 from sleepify.training.parallel import fsdp_recompute_supported, shard_units
-from tests.helpers import newton_schulz_fp32
 from tests.training.test_loop import TinyLM, cfg, dataset
 
 
@@ -124,7 +124,7 @@ def sleep_cfg(**kw):  # noqa: ANN003, ANN201
 
 
 def _fsdp_worker(rank: int, out: Path) -> None:
-    torch_muon._zeropower_via_newtonschulz = newton_schulz_fp32
+    torch_muon._zeropower_via_newtonschulz = newton_schulz_float32
     results = {}
     model = sleep_model()
     full = train(model, sleep_rows(), sleep_cfg(), out / "fsdp-full", loss_fn=sleep_loss, progress=False)
@@ -169,7 +169,7 @@ def _fsdp_worker(rank: int, out: Path) -> None:
 
 @pytest.mark.slow
 def test_fsdp_two_ranks_matches_single_process_and_resumes(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", newton_schulz_fp32)
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", newton_schulz_float32)
     _spawn(_fsdp_worker, tmp_path)
     sharded = torch.load(tmp_path / "fsdp.pt", weights_only=True)
 
