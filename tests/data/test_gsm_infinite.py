@@ -92,13 +92,12 @@ def test_length_targets_are_met_with_char_tokenizer():
     assert all(1500 - 60 <= n <= 1800 for n in lengths), lengths  # within one sentence of the target
 
 
-
 def test_no_row_longer_than_max_tokens_and_too_short_a_limit_is_refused():
     """Rows whose required sentences alone exceed --max-tokens are drawn again (they used to come out
     longer than asked, e.g. 253 tokens at --max-tokens 192); a limit no problem fits is one clear error."""
-    from sleepify.data.common import DataError
-
     import numpy as np
+
+    from sleepify.data.common import DataError
 
     tokenizer = build_char_tokenizer()
     rng = np.random.default_rng(0)
@@ -111,6 +110,7 @@ def test_no_row_longer_than_max_tokens_and_too_short_a_limit_is_refused():
     assert max(lengths) <= 256 and min(lengths) >= 140, lengths
     with pytest.raises(DataError, match="--max-tokens 80 is too short for problems of 8 operations"):
         gsm_infinite.generate(4, 1, 0, min_ops=8, max_ops=8, min_tokens=40, max_tokens=80, progress=False)
+
 
 def _tiny_bpe():
     """A small byte-level BPE tokenizer that prepends BOS, trained here (no downloads)."""
