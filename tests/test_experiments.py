@@ -12,11 +12,42 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load(name: str):
+def load(name: str, in_process: bool = True):
+    """An experiment script as a module. ``in_process``: its ``python -m sleepify ...`` and ``--make-base``
+    steps run in this process (through click's test runner), not as subprocesses: each subprocess costs
+    seconds of imports, and the scripts' subprocess call itself is tested by
+    test_two_rule110_seeds_processes_share_one_new_data_and_convert_folder."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if in_process and hasattr(module, "sh"):
+        module.sh = _in_process_sh
     return module
+
+
+def _in_process_sh(args: list[str], log: Path) -> float:
+    import sys
+    import time
+
+    import torch
+    from click.testing import CliRunner
+
+    from sleepify.cli.main import cli
+
+    t0, threads = time.time(), torch.get_num_threads()
+    torch.set_num_threads(1)  # what the scripts' subprocesses get (OMP_NUM_THREADS=1)
+    with log.open("a") as f:
+        f.write("$ " + " ".join(args) + "\n")
+    if args[:3] == [sys.executable, "-m", "sleepify"]:
+        result = CliRunner().invoke(cli, args[3:])
+        with log.open("a") as f:
+            f.write(result.output)
+        assert result.exit_code == 0, f"{' '.join(args[3:])}: {result.output[-2000:]}"
+    else:  # [python, rule110_seeds.py, --make-base, OUT, --init, SEED]
+        assert Path(args[1]).name == "rule110_seeds.py" and args[2] == "--make-base", args
+        load("rule110_seeds", in_process=False).make_base(Path(args[3]), int(args[5]))
+    torch.set_num_threads(threads)
+    return time.time() - t0
 
 
 def test_depo_cpu_scores_every_checkpoint_per_k_and_restarts(tmp_path: Path) -> None:
