@@ -264,3 +264,23 @@ def test_interrupt_within_finds_the_stop_behind_a_rewrapped_or_suppressed_error(
     except DataError as err:
         assert isinstance(interrupt_within(err), Terminated)
     assert interrupt_within(ImportError("no module named x")) is None
+
+
+def test_the_cli_exits_143_for_an_error_that_only_wraps_a_sigterm(monkeypatch, capsys) -> None:
+    """A stage error raised while a SIGTERM unwinds (a C extension rewrapped it, a handler re-raised it as
+    one line `from None`) is the user's stop: exit 143 and "Terminated.", not exit 2 and a wrong reason."""
+    import sleepify.cli.main as cli_main
+    from sleepify.data.common import DataError
+    from sleepify.errors import Terminated
+
+    def stopped(argv):
+        try:
+            raise Terminated()
+        except Terminated:
+            raise DataError("--data x: cannot read it (ImportError: initialization failed)") from None
+
+    monkeypatch.setattr(cli_main, "_check_arguments", stopped)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main.main(["recipes", "list"])
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err.strip() == "Terminated."
