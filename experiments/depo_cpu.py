@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -46,17 +44,8 @@ MODELS = {"small": "gdn-hybrid-4-small", "2l": "gdn-hybrid-2-small"}  # --model 
 RULE110 = Path(__file__).with_name("rule110_seeds.py")  # owns --make-base (the two-block base model)
 SETTINGS = ("model", "max_nodes", "max_k", "steps", "init_seed", "data_seed", "n_train", "n_test", "n_eval")
 
-
-def sh(args: list[str], log: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with log.open("a") as f:
-        f.write("$ " + " ".join(args) + "\n")
-        f.flush()
-        subprocess.run(args, check=True, stdout=f, stderr=subprocess.STDOUT, env=env)
-
-
-def sleepify(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sleepify", *args]
+sys.path.insert(0, str(RULE110.parent))  # run as a script or loaded from its file: the sibling script
+from rule110_seeds import sh, sleepify  # noqa: E402  (how both grids run and log a sleepify step)
 
 
 def weight_files(convert_dir: Path, run: Path) -> dict[int, Path]:
