@@ -8,9 +8,13 @@ billions of items, and formatting it whole would exhaust memory before the cap a
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 import reprlib
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
 
 MAX_MESSAGE = 2000  # characters of one error line; a longer message is cut with an ellipsis
 MAX_VALUE = 80  # characters of one user value quoted in a message
@@ -87,6 +91,32 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that the same clean-up runs (exit code 143)."""
 
     exit_code = 143
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM until the block ends, then act on them as usual. For work an exception must not
+    land in: the first import of a C extension (a pybind11 module whose initialisation is interrupted stays
+    half-built, and the process can abort at exit: "Fatal Python error: PyThreadState_Get"). The signal is
+    noted by a handler that raises nothing, whichever thread the OS delivers it to."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)  # sleepify's SIGTERM handler / Python's Ctrl-C: raises
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), caught[0])
 
 
 def interrupt_within(err: BaseException) -> KeyboardInterrupt | None:

@@ -284,3 +284,27 @@ def test_the_cli_exits_143_for_an_error_that_only_wraps_a_sigterm(monkeypatch, c
         cli_main.main(["recipes", "list"])
     assert exit_.value.code == 143
     assert capsys.readouterr().err.strip() == "Terminated."
+
+
+def test_a_stop_during_deferred_work_acts_right_after_it() -> None:
+    """interrupts_deferred (around matplotlib's first import): a SIGTERM inside the block raises nothing
+    there, and Terminated right after it; the handlers are as before."""
+    import os
+    import signal
+
+    from sleepify.cli.main import _on_sigterm
+    from sleepify.errors import Terminated, interrupts_deferred
+
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    finished = False
+    try:
+        with pytest.raises(Terminated), interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # bytecodes run: a pending handler would have fired by now
+                sum(range(10))
+            finished = True
+        assert finished and signal.getsignal(signal.SIGTERM) is _on_sigterm
+        with interrupts_deferred():  # no signal: nothing happens
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, before)
