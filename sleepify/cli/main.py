@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         cause = err.__cause__
         if isinstance(cause, EOFError):  # click turns EOFError into Abort: a truncated file, not Ctrl-C
             _fail(f"unexpected end of a file ({one_line(str(cause)) or 'EOFError'}): a truncated input?")
-        code = getattr(cause, "exit_code", 130)
-        click.echo("Terminated." if code == 143 else "Aborted.", err=True)
-        sys.exit(code)
+        _exit_stopped(getattr(cause, "exit_code", 130))
     except click.UsageError as err:
         ctx = err.ctx
         where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
@@ -173,9 +171,13 @@ def _exit_if_stopped(err: BaseException) -> None:
 
     stop = None if isinstance(err, Interrupted) else interrupt_within(err)
     if stop is not None:
-        code = getattr(stop, "exit_code", 130)
-        click.echo("Terminated." if code == 143 else "Aborted.", err=True)
-        sys.exit(code)
+        _exit_stopped(getattr(stop, "exit_code", 130))
+
+
+def _exit_stopped(code: int) -> None:
+    """The end of a run the user stopped: 143 on SIGTERM, 130 on Ctrl-C."""
+    click.echo("Terminated." if code == 143 else "Aborted.", err=True)
+    sys.exit(code)
 
 
 def _check_arguments(argv: list[str]) -> None:

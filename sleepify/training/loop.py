@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sleepify.config.schema import TrainSection
-from sleepify.errors import TrainingError, interrupt_within, interrupts_deferred
+from sleepify.errors import TrainingError, interrupts_deferred
 from sleepify.sleep import apply_sleep_settings, lockstep
 from sleepify.training.checkpoint import (
     latest_checkpoint,
@@ -360,9 +360,6 @@ def _write_curves(log: MetricsLog) -> None:
         with interrupts_deferred():  # matplotlib's first import must not be cut in half (errors.py)
             plot_curves([log.path.parent], log.path.parent / CURVES_FILE)
     except Exception as err:  # noqa: BLE001  (matplotlib, a full disk, ...: training goes on)
-        stop = interrupt_within(err)
-        if stop is not None:  # Ctrl-C / SIGTERM during matplotlib's first import: still a stop
-            raise stop from None
         logging.getLogger(__name__).warning("could not draw %s: %s", CURVES_FILE, err)
 
 

@@ -234,21 +234,32 @@ def test_curves_png_at_every_checkpoint_and_plot_overlays_runs(tmp_path: Path) -
 
 
 def test_a_stop_inside_matplotlibs_first_import_still_stops_the_run(tmp_path: Path, monkeypatch) -> None:
-    """SIGTERM landing while matplotlib's pybind11 modules initialise comes back as ImportError
-    ("initialization failed") raised from it; curves.png failing is only a warning, but this is the user's
-    stop and must end the run (it once ran on to the end and crashed at exit)."""
+    """SIGTERM landing while matplotlib's pybind11 modules initialise came back as ImportError
+    ("initialization failed"), which the curves guard swallowed: the run went on and aborted at exit. Now
+    the drawing finishes, then the stop ends the run."""
+    import os
+    import signal
+
     import sleepify.training.curves as curves
+    from sleepify.cli.main import _on_sigterm
     from sleepify.errors import Terminated
 
-    def interrupted_import(*args, **kwargs):
-        try:
-            raise Terminated()
-        except Terminated as stop:
-            raise ImportError("initialization failed") from stop
+    drawn = []
 
-    monkeypatch.setattr(curves, "plot_curves", interrupted_import)
-    with pytest.raises(Terminated):
-        train(TinyLM(), dataset(), cfg(steps=4, checkpoint_every=2), tmp_path / "run", progress=False)
+    def signalled_while_drawing(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # bytecodes run: a handler that raises would have fired in here
+            sum(range(10))
+        drawn.append(True)
+
+    monkeypatch.setattr(curves, "plot_curves", signalled_while_drawing)
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with pytest.raises(Terminated):
+            train(TinyLM(), dataset(), cfg(steps=4, checkpoint_every=2), tmp_path / "run", progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert drawn == [True]
     assert not (tmp_path / "run" / "model").exists()
 
 
