@@ -14,10 +14,11 @@ bytes written.
 
 Sizes: the model dimensions are the real ones. On a CPU the window is scaled down (``--window``, default
 L = 128, GSM-Infinite-style rows of 260-320 tokens: every row crosses two windows); on CUDA the
-paper's L = 2000 (rows of 4004-4500 tokens). ``--toy`` shrinks the model (same layout, tiny widths, two
+paper's L = 2000 (rows of 4004-4500 tokens). The chain survives a stop: run it again with the same
+``--workdir`` and it goes on from the stage it was in (see ``Chain``). ``--toy`` shrinks the model (same layout, tiny widths, two
 passes per Ouro forward, L = 64) so that ``tests/test_bench.py`` runs the whole chain.
 
-    python benchmarks/bench_scale.py --model ouro-1.4b          # ~15-20 GiB of RAM, ~1 h on 2 cores
+    python benchmarks/bench_scale.py --model ouro-1.4b --workdir /work/bench/ouro   # ~10 GiB, ~2 h on 2 cores
     python benchmarks/bench_scale.py --model jet-nemotron-2b
     python benchmarks/bench_scale.py --toy --json out.json       # the same chain at toy shapes
 
@@ -194,11 +195,21 @@ def write_tokenizer(folder: Path, vocab_size: int, eos_id: int) -> None:
 
 
 class Chain:
-    """Runs the stages as CLI processes and records wall time, peak RSS and bytes written per stage."""
+    """Runs the stages as CLI processes and records wall time, peak RSS and bytes written per stage.
 
-    def __init__(self, work: Path, threads: int):
+    The record (``<workdir>/bench_scale.json``) is rewritten after every stage, so a chain that was stopped
+    (the machine changed, the session ended) goes on where it stopped when run again with the same
+    ``--workdir``: finished stages are skipped; an unfinished warm-up or train is resumed (``--resume
+    auto``: its row then times the remainder), any other unfinished stage is redone (``--overwrite``)."""
+
+    RESUMABLE = ("warmup", "train")
+
+    def __init__(self, work: Path, threads: int, results: dict, json_out: Path | None = None):
         self.work = work
-        self.rows: list[dict] = []
+        self.record = work / "bench_scale.json"
+        self.json_out = json_out
+        self.results = results
+        self.rows: list[dict] = results.setdefault("stages", [])
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -207,10 +218,43 @@ class Chain:
             "TOKENIZERS_PARALLELISM": "false",
         }
 
+    @classmethod
+    def open(cls, work: Path, threads: int, results: dict, json_out: Path | None = None) -> Chain:
+        """A new chain in ``work``, or the one recorded there when its settings are the same."""
+        record = work / "bench_scale.json"
+        if record.is_file():
+            earlier = json.loads(record.read_text())
+            keys = ("model", "toy", "window", "device", "warmup_steps", "steps")
+            if any(earlier.get(k) != results.get(k) for k in keys):
+                was = ", ".join(f"{k}={earlier.get(k)}" for k in keys)
+                raise SystemExit(f"--workdir {work} holds a chain run with {was}: use another --workdir")
+            results = earlier
+            print(f"going on with the chain recorded in {record}", flush=True)
+        return cls(work, threads, results, json_out)
+
+    def done(self, stage: str) -> dict | None:
+        return next((row for row in self.rows if row["stage"] == stage), None)
+
+    def save(self) -> None:
+        """Rewrite the record (and ``--json``) atomically: an interrupted write leaves the last one."""
+        for path in filter(None, (self.record, self.json_out)):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(self.results, indent=2))
+            os.replace(tmp, path)
+
     def _cmd(self, args: list[str]) -> list[str]:
         return [sys.executable, "-c", PEAK_LAUNCHER, *args, "--quiet"]
 
     def run(self, stage: str, args: list[str], written: Path, kill_when=None) -> dict:
+        if (row := self.done(stage)) is not None:
+            print(f"{stage:<24} done earlier ({row['wall_s']} s)", flush=True)
+            return row
+        resumed = written.exists() and _size(written) > 0
+        if resumed:
+            if args[0] in self.RESUMABLE:
+                args = [*args, "--resume", "auto"] if "--resume" not in args else args
+            elif args[0] in ("convert", "data", "export"):
+                args = [*args, "--overwrite"]
         peak_file = self.work / f".peak-{len(self.rows)}"
         env = {**self.env, "BENCH_PEAK_FILE": str(peak_file)}
         before = _size(written)
@@ -236,10 +280,16 @@ class Chain:
             "bytes_written": _size(written) - before,
             "killed": killed,
         }
-        self.rows.append(row)
+        if resumed:
+            row["went_on_from_an_earlier_stop"] = True
+        self.add(row)
         peak, wrote = _gib(row["peak_rss_bytes"]), _gib(row["bytes_written"])
         print(f"{stage:<24} {wall:8.1f} s  peak {peak}  wrote {wrote}", flush=True)
         return row
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.save()
 
 
 def _gib(n: int | None) -> str:
@@ -253,7 +303,8 @@ def planned_peak(stage: str, model_dir: Path, args: dict, overrides: list[str]) 
     import sleepify.api as api
     from sleepify.stages.train import plan_memory_for
 
-    plan = api.plan(stage, model_dir, overrides=overrides, **args)
+    # resume="auto": the plan of a chain that goes on after a stop, whose run folder is already there
+    plan = api.plan(stage, model_dir, overrides=overrides, resume="auto", **args)
     return plan_memory_for(plan).to_dict()
 
 
@@ -262,10 +313,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", choices=sorted(MODELS), default="ouro-1.4b")
     ap.add_argument("--toy", action="store_true", help="tiny widths, same layout (the test)")
     ap.add_argument("--window", type=int, help="L (default: 2000 on CUDA, 128 on CPU, 64 with --toy)")
-    ap.add_argument("--steps", type=int, default=2, help="train steps, killed after the first (warm-up: 2)")
+    ap.add_argument("--steps", type=int, default=2, help="train steps, killed after the first")
+    ap.add_argument("--warmup-steps", type=int, default=2, help="warm-up steps")
     ap.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
-    ap.add_argument("--workdir", help="where to write (default: a temp dir)")
-    ap.add_argument("--keep", action="store_true", help="keep the written folders")
+    ap.add_argument(
+        "--workdir",
+        help="where to write (default: a temp dir); run again with the same one to go on after a stop",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the written folders once the chain is done")
     ap.add_argument("--json", dest="json_out", help="write the results to this file")
     args = ap.parse_args(argv)
 
@@ -282,7 +337,6 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     src, data, run = work / f"{args.model}-random", work / "data", work / "runs" / args.model
-    chain = Chain(work, args.threads)
     over = [
         *(toy_over if args.toy else []),
         "model.dtype=bfloat16",
@@ -296,16 +350,26 @@ def main(argv: list[str] | None = None) -> dict:
         "window": window,
         "device": "cuda" if cuda else "cpu",
         "threads": args.threads,
+        "warmup_steps": args.warmup_steps,
+        "steps": args.steps,
+        "complete": False,
     }
+    chain = Chain.open(work, args.threads, results, Path(args.json_out) if args.json_out else None)
+    results = chain.results
+    done = False
     try:
-        t = time.perf_counter()
-        ckpt = write_checkpoint(src, config, "100KB" if args.toy else "2GB")
-        write_tokenizer(src, config["vocab_size"], config.get("eos_token_id") or 0)
-        results["checkpoint_bytes"] = ckpt
-        print(
-            f"random checkpoint: {ckpt / 2**30:.2f} GiB in {time.perf_counter() - t:.0f} s -> {src}",
-            flush=True,
-        )
+        if "checkpoint_bytes" not in results:
+            t = time.perf_counter()
+            shutil.rmtree(src, ignore_errors=True)  # a write that was stopped half-way
+            ckpt = write_checkpoint(src, config, "100KB" if args.toy else "2GB")
+            write_tokenizer(src, config["vocab_size"], config.get("eos_token_id") or 0)
+            results["checkpoint_bytes"] = ckpt
+            chain.save()
+            print(
+                f"random checkpoint: {ckpt / 2**30:.2f} GiB in {time.perf_counter() - t:.0f} s -> {src}",
+                flush=True,
+            )
+        ckpt = results["checkpoint_bytes"]
 
         conv = chain.run(
             "convert",
@@ -335,10 +399,10 @@ def main(argv: list[str] | None = None) -> dict:
             ],
             data,
         )
-        warm_args = ["--N", "4", "--steps", "2", "--data", str(data)]
+        warm_args = ["--N", "4", "--steps", str(args.warmup_steps), "--data", str(data)]
         plans = {
             "warmup N=4 checkpointed": planned_peak(
-                "warmup", run / "convert", dict(N=4, steps=2, data=str(data)), over
+                "warmup", run / "convert", dict(N=4, steps=args.warmup_steps, data=str(data)), over
             )
         }
         warm = chain.run("warmup --N 4", ["warmup", str(run / "convert"), *warm_args, *over], run / "warmup")
@@ -350,6 +414,11 @@ def main(argv: list[str] | None = None) -> dict:
         plans["train N=4 checkpointed"] = planned_peak(
             "train", run / "warmup", dict(N=4, steps=args.steps), train_over
         )
+        if chain.done("train --N 4 (killed)") is None and latest_checkpoint(run / "train") is not None:
+            # the benchmark itself was stopped after train's first checkpoint: that stop is the kill
+            chain.add({"stage": "train --N 4 (killed)", "wall_s": None, "peak_rss_bytes": None,
+                       "bytes_written": _size(run / "train"), "killed": True,
+                       "note": "stopped with the benchmark after its first checkpoint"})  # fmt: skip
         killed = chain.run(
             "train --N 4 (killed)",
             train_args,
@@ -391,20 +460,23 @@ def main(argv: list[str] | None = None) -> dict:
             export,
         )
         results["export_shards"] = len(list(export.glob("*.safetensors")))
-        t = time.perf_counter()
-        gen = subprocess.run(
-            [sys.executable, "-c", GENERATE, str(export), str(window)],
-            capture_output=True,
-            text=True,
-            env={**chain.env, "PYTHONPATH": ""},
-        )
-        if gen.returncode or not gen.stdout.strip():
-            raise SystemExit(f"loading the export without sleepify failed:\n{gen.stderr[-3000:]}")
-        results["generate_without_sleepify"] = {
-            **json.loads(gen.stdout.strip().splitlines()[-1]),
-            "wall_s": round(time.perf_counter() - t, 2),
-        }
-        print(f"generate (no sleepify)   {results['generate_without_sleepify']}", flush=True)
+        chain.save()
+        if "generate_without_sleepify" not in results:
+            t = time.perf_counter()
+            gen = subprocess.run(
+                [sys.executable, "-c", GENERATE, str(export), str(window)],
+                capture_output=True,
+                text=True,
+                env={**chain.env, "PYTHONPATH": ""},
+            )
+            if gen.returncode or not gen.stdout.strip():
+                raise SystemExit(f"loading the export without sleepify failed:\n{gen.stderr[-3000:]}")
+            results["generate_without_sleepify"] = {
+                **json.loads(gen.stdout.strip().splitlines()[-1]),
+                "wall_s": round(time.perf_counter() - t, 2),
+            }
+            print(f"generate (no sleepify)   {results['generate_without_sleepify']}", flush=True)
+            chain.save()
 
         measured = {
             "warmup N=4 checkpointed": warm,
@@ -430,12 +502,12 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
         results["planner"] = compare
-        results["stages"] = chain.rows
+        results["complete"] = done = True
+        chain.save()
     finally:
-        if not args.keep:
+        # a named --workdir survives a failure or a stop, so that running again goes on from there
+        if not args.keep and (done or not args.workdir):
             shutil.rmtree(work, ignore_errors=True)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2))
     return results
 
 

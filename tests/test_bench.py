@@ -228,7 +228,27 @@ def test_bench_scale_toy_chain(tmp_path: Path) -> None:
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "scale.json"
-    results = bench.main(["--toy", "--threads", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    argv = ["--toy", "--threads", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)]
+    # stopped at the export (the machine went away): the record keeps every finished stage, the workdir stays
+    run_stage = bench.Chain.run
+
+    def stop_at_export(self, stage, *args, **kwargs):
+        if stage == "export (sharded)":
+            raise KeyboardInterrupt
+        return run_stage(self, stage, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench.Chain, "run", stop_at_export)
+        with pytest.raises(KeyboardInterrupt):
+            bench.main(argv)
+    before = json.loads(out.read_text())
+    assert before["complete"] is False and [r["stage"] for r in before["stages"]][-1] == "eval"
+    assert (tmp_path / "work" / "bench_scale.json").is_file()
+    with pytest.raises(SystemExit, match="holds a chain run with"):  # other settings: refused, not mixed
+        bench.main([*argv, "--steps", "3"])
+    # run again: finished stages are not run again (their rows kept as they were), the rest completes
+    results = bench.main(argv)
+    assert results["stages"][: len(before["stages"])] == before["stages"] and results["complete"] is True
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     stages = {row["stage"]: row for row in results["stages"]}
     assert list(stages) == ["convert", "data", "warmup --N 4", "train --N 4 (killed)", "train --resume auto",
