@@ -15,8 +15,9 @@ bytes written.
 Sizes: the model dimensions are the real ones. On a CPU the window is scaled down (``--window``, default
 L = 128, GSM-Infinite-style rows of 260-320 tokens: every row crosses two windows); on CUDA the
 paper's L = 2000 (rows of 4004-4500 tokens). The chain survives a stop: run it again with the same
-``--workdir`` and it goes on from the stage it was in (see ``Chain``). ``--toy`` shrinks the model (same layout, tiny widths, two
-passes per Ouro forward, L = 64) so that ``tests/test_bench.py`` runs the whole chain.
+``--workdir`` and it goes on from the stage it was in (see ``Chain``). ``--toy`` shrinks the model (same
+layout, tiny widths, two passes per Ouro forward, L = 64) so that ``tests/test_bench.py`` runs the whole
+chain.
 
     python benchmarks/bench_scale.py --model ouro-1.4b --workdir /work/bench/ouro   # ~10 GiB, ~2 h on 2 cores
     python benchmarks/bench_scale.py --model jet-nemotron-2b
