@@ -205,6 +205,9 @@ def train(
         order.position = DataPosition(**state["data_position"])
         set_rng_state(state["rng"])
         step = int(state["step"])
+        # the checkpoint's tensors are in the model and optimizer now: drop the read copies, or the whole
+        # run holds a second model (+ optimizer state) — at 1.4B, ~6 GB more than the run that wrote it
+        del loaded
         saved = state.get("passes_schedule")
         now = passes_schedule.to_list() if passes_schedule is not None else None
         if saved != now:
