@@ -242,12 +242,12 @@ def write_pointer(pointer: Path, target: Path) -> None:
         os.replace(tmp, pointer)
 
 
-_UNITS = ("B", "KB", "MB", "GB", "TB")  # binary (1 KB = 1024 B), as disk tools print them
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")  # binary, named so: `--memory 24GiB` reads back as printed
 
 
 def human_size(n: float | None, unit: str | None = None) -> str:
-    """The project's one size formatter: bytes as ``"1.5 GB"``; with ``unit`` (``"MB"``) a bare number in that
-    unit for a table column whose header names it; None (not measured) -> ``"–"``."""
+    """The project's one size formatter: bytes as ``"1.5 GiB"``; with ``unit`` (``"MiB"``) a bare number in
+    that unit for a table column whose header names it; None (not measured) -> ``"–"``."""
     if n is None:
         return "–"
     if unit is not None:
@@ -256,7 +256,7 @@ def human_size(n: float | None, unit: str | None = None) -> str:
         if n < 1024 or name == _UNITS[-1]:
             return f"{n:.0f} {name}" if name == "B" else f"{n:.1f} {name}"
         n /= 1024
-    return f"{n:.1f} TB"
+    raise AssertionError("unreachable")
 
 
 def tensor_bytes(obj: object) -> int:

@@ -617,9 +617,9 @@ def format_report(res: dict[str, Any]) -> str:
     ]
     for s, b in zip(res["decode"]["sleepify"], res["decode"]["base"], strict=True):
         lines.append(
-            f"| {s['context']:,} | {human_size(s['state_bytes'], 'MB')} | "
-            f"{human_size(b['state_bytes'], 'MB')} | {human_size(s['rss_delta_bytes'], 'MB')} | "
-            f"{human_size(b['rss_delta_bytes'], 'MB')} |"
+            f"| {s['context']:,} | {human_size(s['state_bytes'], 'MiB')} | "
+            f"{human_size(b['state_bytes'], 'MiB')} | {human_size(s['rss_delta_bytes'], 'MiB')} | "
+            f"{human_size(b['rss_delta_bytes'], 'MiB')} |"
         )
     lines += [
         "",

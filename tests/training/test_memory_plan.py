@@ -178,7 +178,7 @@ def test_train_dry_run_prints_the_plan(converted: Path) -> None:
     assert "memory plan (per process, cpu, one process): peak ~" in out
     for part in ("weights (", "gradients (", "optimizer (Muon momentum on", "activations kept for backward"):
         assert part in out
-    assert "fits 1.0 GB (--memory 1GiB); largest N that fits:" in out
+    assert "fits 1.0 GiB (--memory 1GiB); largest N that fits:" in out
     assert "time per step: no probe" in out and "# resolved recipe" in out
     got = json.loads(CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False).output)
     memory = got["memory"]
