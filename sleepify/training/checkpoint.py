@@ -117,13 +117,17 @@ class Checkpoint:
 
 
 def load_checkpoint(
-    path: str | Path, expected: dict[str, tuple[int, ...]] | None = None, full: bool = True
+    path: str | Path,
+    expected: dict[str, tuple[int, ...]] | None = None,
+    full: bool = True,
+    with_optimizer: bool = True,
 ) -> Checkpoint:
     """Read a checkpoint. ``expected``: name -> shape of the weights the model holds; any difference is an
     error that lists the mismatched weights. ``full=False`` skips the weights and the optimizer state
-    (the ranks of a sharded run that receive them from rank 0)."""
+    (the ranks of a sharded run that receive them from rank 0); ``with_optimizer=False`` leaves the optimizer
+    state to :func:`read_optimizer_state` (so that a resume holds one of the two read copies at a time)."""
     path = Path(path)
-    weights = optimizer = None
+    weights = optim_state = None
     if not (path / "optimizer.pt").is_file():
         from sleepify.errors import TrainingError
 
@@ -133,7 +137,8 @@ def load_checkpoint(
         )
     if full:
         weights = _read(path / "model.safetensors", lambda f: load_file(str(f)))
-        optimizer = _read(path / "optimizer.pt", lambda f: torch.load(f, weights_only=True))
+        if with_optimizer:
+            optim_state = read_optimizer_state(path)
     if weights is not None and expected is not None:
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
@@ -151,7 +156,12 @@ def load_checkpoint(
             )
     trainer_state = _read(path / "trainer_state.pt", lambda f: torch.load(f, weights_only=True))
     meta = _read(path / "meta.json", lambda f: json.loads(f.read_text()))
-    return Checkpoint(weights, optimizer, trainer_state, meta)
+    return Checkpoint(weights, optim_state, trainer_state, meta)
+
+
+def read_optimizer_state(path: str | Path) -> dict[str, Any]:
+    """The optimizer state of checkpoint ``path`` (``optimizer.pt``), keyed by parameter name."""
+    return _read(Path(path) / "optimizer.pt", lambda f: torch.load(f, weights_only=True))
 
 
 def _read(file: Path, read: Any) -> Any:

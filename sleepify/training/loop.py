@@ -30,6 +30,7 @@ from sleepify.sleep import apply_sleep_settings, lockstep
 from sleepify.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    read_optimizer_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -194,20 +195,23 @@ def train(
             raise TrainingError(f"nothing to resume: {run_dir} holds no complete checkpoint")
         # under FSDP rank 0 reads the weights and optimizer state and broadcasts them (the other ranks
         # pass empty dicts); every rank reads the small rest
-        loaded = load_checkpoint(ckpt, expected, full=not (fsdp and rank != 0))
-        if loaded.optimizer is not None:
-            _check_optimizer_params(loaded.optimizer, model, ckpt)
+        full = not (fsdp and rank != 0)
+        loaded = load_checkpoint(ckpt, expected, full=full, with_optimizer=False)
         load_full_model_state(model, loaded.weights or {})
-        load_full_optimizer_state(model, optim.optimizers, loaded.optimizer or {})
+        # one read copy at a time: the weights are freed before the optimizer state (at 1.4B, 3-4 GB of
+        # weights and twice that of optimizer state) is read, and that is freed once loaded
+        loaded.weights = None
+        optim_state = read_optimizer_state(ckpt) if full else None
+        if optim_state is not None:
+            _check_optimizer_params(optim_state, model, ckpt)
+        load_full_optimizer_state(model, optim.optimizers, optim_state or {})
+        del optim_state
         state = loaded.trainer_state
         for sched, s in zip(schedulers, state["schedulers"], strict=True):
             sched.load_state_dict(s)
         order.position = DataPosition(**state["data_position"])
         set_rng_state(state["rng"])
         step = int(state["step"])
-        # the checkpoint's tensors are in the model and optimizer now: drop the read copies, or the whole
-        # run holds a second model (+ optimizer state) — at 1.4B, ~6 GB more than the run that wrote it
-        del loaded
         saved = state.get("passes_schedule")
         now = passes_schedule.to_list() if passes_schedule is not None else None
         if saved != now:
