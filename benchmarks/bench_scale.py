@@ -309,6 +309,42 @@ def planned_peak(stage: str, model_dir: Path, args: dict, overrides: list[str]) 
     return plan_memory_for(plan).to_dict()
 
 
+def format_report(results: dict) -> str:
+    """Markdown tables of one chain's results (the rows docs/performance.md shows)."""
+    gib = 2**30
+    head = (
+        f"**{results['model']}**, L = {results['window']}, {results['device']}, "
+        f"{results['threads']} threads, warm-up {results.get('warmup_steps', 2)} steps, "
+        f"train {results.get('steps', 2)} steps"
+        f"{'' if results.get('complete', True) else ' (not complete)'}; random checkpoint "
+        f"{results['checkpoint_bytes'] / gib:.2f} GiB"
+    )
+    lines = [head, "", "| stage | wall time (s) | peak RSS (GiB) | written (GiB) |", "|---|---:|---:|---:|"]
+    total = 0.0
+    for row in results.get("stages", []):
+        peak = "–" if row["peak_rss_bytes"] is None else f"{row['peak_rss_bytes'] / gib:.2f}"
+        wall = "–" if row["wall_s"] is None else f"{row['wall_s']:.0f}"
+        total += row["wall_s"] or 0
+        lines.append(f"| {row['stage']} | {wall} | {peak} | {row['bytes_written'] / gib:.2f} |")
+    if gen := results.get("generate_without_sleepify"):
+        total += gen["wall_s"]
+        lines.append(
+            f"| load + generate {gen['new_tokens']} tokens without sleepify ({gen['dtype'].split('.')[-1]}, "
+            f"{gen['prompt_tokens']}-token prompt, crosses the window: {gen['crossed']}) | "
+            f"{gen['wall_s']:.0f} | – | – |"
+        )
+    lines.append(f"| **all stages** | **{total:.0f}** ({total / 60:.1f} min) | | |")
+    if results.get("planner"):
+        lines += ["", "| planner setting | predicted (GiB) | measured (GiB) | predicted / measured |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        for p in results["planner"]:
+            lines.append(
+                f"| {p['setting']} | {p['predicted_bytes'] / gib:.2f} | {p['measured_bytes'] / gib:.2f} | "
+                f"{p['ratio']:.2f}{'' if p['within_25pct'] else ' (outside 25 %)'} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="ouro-1.4b")
@@ -323,7 +359,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--keep", action="store_true", help="keep the written folders once the chain is done")
     ap.add_argument("--json", dest="json_out", help="write the results to this file")
+    ap.add_argument("--report", nargs="+", metavar="JSON", help="print the tables of earlier --json files")
     args = ap.parse_args(argv)
+    if args.report:
+        print("\n\n".join(format_report(json.loads(Path(f).read_text())) for f in args.report))
+        return {}
 
     cfg_file, recipe, toy_cfg, toy_over = MODELS[args.model]
     config = json.loads((Path(__file__).with_name(cfg_file)).read_text())

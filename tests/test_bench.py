@@ -263,6 +263,9 @@ def test_bench_scale_toy_chain(tmp_path: Path) -> None:
         "warmup N=4 checkpointed", "train N=4 checkpointed", "train N=2 not checkpointed"]  # fmt: skip
     assert all(p["predicted_bytes"] > 0 and p["measured_bytes"] > 0 for p in results["planner"])
     assert not (tmp_path / "work").exists()  # removed without --keep
+    report = bench.format_report(results)
+    assert all(f"| {stage} |" in report for stage in stages) and "| train N=2 not checkpointed |" in report
+    assert "load + generate 16 tokens without sleepify" in report
 
 
 def test_bench_half_linear_runs_and_reports_every_path(tmp_path: Path) -> None:
