@@ -204,10 +204,11 @@ class Chain:
     auto``: its row then times the remainder), any other unfinished stage is redone (``--overwrite``)."""
 
     RESUMABLE = ("warmup", "train")
+    RECORD = "bench_scale.json"
 
     def __init__(self, work: Path, threads: int, results: dict, json_out: Path | None = None):
         self.work = work
-        self.record = work / "bench_scale.json"
+        self.record = work / self.RECORD
         self.json_out = json_out
         self.results = results
         self.rows: list[dict] = results.setdefault("stages", [])
@@ -222,7 +223,7 @@ class Chain:
     @classmethod
     def open(cls, work: Path, threads: int, results: dict, json_out: Path | None = None) -> Chain:
         """A new chain in ``work``, or the one recorded there when its settings are the same."""
-        record = work / "bench_scale.json"
+        record = work / cls.RECORD
         if record.is_file():
             earlier = json.loads(record.read_text())
             keys = ("model", "toy", "window", "device", "warmup_steps", "steps")
@@ -311,21 +312,22 @@ def planned_peak(stage: str, model_dir: Path, args: dict, overrides: list[str]) 
 
 def format_report(results: dict) -> str:
     """Markdown tables of one chain's results (the rows docs/performance.md shows)."""
-    gib = 2**30
+    from sleepify.fsutil import human_size
+
     head = (
         f"**{results['model']}**, L = {results['window']}, {results['device']}, "
         f"{results['threads']} threads, warm-up {results.get('warmup_steps', 2)} steps, "
         f"train {results.get('steps', 2)} steps"
         f"{'' if results.get('complete', True) else ' (not complete)'}; random checkpoint "
-        f"{results['checkpoint_bytes'] / gib:.2f} GiB"
+        f"{human_size(results['checkpoint_bytes'], 'GiB')} GiB"
     )
     lines = [head, "", "| stage | wall time (s) | peak RSS (GiB) | written (GiB) |", "|---|---:|---:|---:|"]
     total = 0.0
     for row in results.get("stages", []):
-        peak = "–" if row["peak_rss_bytes"] is None else f"{row['peak_rss_bytes'] / gib:.2f}"
         wall = "–" if row["wall_s"] is None else f"{row['wall_s']:.0f}"
         total += row["wall_s"] or 0
-        lines.append(f"| {row['stage']} | {wall} | {peak} | {row['bytes_written'] / gib:.2f} |")
+        peak, wrote = human_size(row["peak_rss_bytes"], "GiB"), human_size(row["bytes_written"], "GiB")
+        lines.append(f"| {row['stage']} | {wall} | {peak} | {wrote} |")
     if gen := results.get("generate_without_sleepify"):
         total += gen["wall_s"]
         lines.append(
@@ -339,7 +341,8 @@ def format_report(results: dict) -> str:
                   "|---|---:|---:|---:|"]  # fmt: skip
         for p in results["planner"]:
             lines.append(
-                f"| {p['setting']} | {p['predicted_bytes'] / gib:.2f} | {p['measured_bytes'] / gib:.2f} | "
+                f"| {p['setting']} | {human_size(p['predicted_bytes'], 'GiB')} | "
+                f"{human_size(p['measured_bytes'], 'GiB')} | "
                 f"{p['ratio']:.2f}{'' if p['within_25pct'] else ' (outside 25 %)'} |"
             )
     return "\n".join(lines)

@@ -111,23 +111,20 @@ def save_checkpoint(
 @dataclass
 class Checkpoint:
     weights: dict[str, torch.Tensor] | None  # None when not read
-    optimizer: dict[str, Any] | None
     trainer_state: dict[str, Any]
     meta: dict[str, Any]
 
 
 def load_checkpoint(
-    path: str | Path,
-    expected: dict[str, tuple[int, ...]] | None = None,
-    full: bool = True,
-    with_optimizer: bool = True,
+    path: str | Path, expected: dict[str, tuple[int, ...]] | None = None, full: bool = True
 ) -> Checkpoint:
-    """Read a checkpoint. ``expected``: name -> shape of the weights the model holds; any difference is an
-    error that lists the mismatched weights. ``full=False`` skips the weights and the optimizer state
-    (the ranks of a sharded run that receive them from rank 0); ``with_optimizer=False`` leaves the optimizer
-    state to :func:`read_optimizer_state` (so that a resume holds one of the two read copies at a time)."""
+    """Read a checkpoint's weights and trainer state; the optimizer state is read apart, by
+    :func:`read_optimizer_state` (so that a resume holds one of the two read copies at a time).
+    ``expected``: name -> shape of the weights the model holds; any difference is an error that lists the
+    mismatched weights. ``full=False`` skips the weights (the ranks of a sharded run that receive them from
+    rank 0)."""
     path = Path(path)
-    weights = optim_state = None
+    weights = None
     if not (path / "optimizer.pt").is_file():
         from sleepify.errors import TrainingError
 
@@ -137,8 +134,6 @@ def load_checkpoint(
         )
     if full:
         weights = _read(path / "model.safetensors", lambda f: load_file(str(f)))
-        if with_optimizer:
-            optim_state = read_optimizer_state(path)
     if weights is not None and expected is not None:
         missing = sorted(set(expected) - set(weights))
         unexpected = sorted(set(weights) - set(expected))
@@ -156,7 +151,7 @@ def load_checkpoint(
             )
     trainer_state = _read(path / "trainer_state.pt", lambda f: torch.load(f, weights_only=True))
     meta = _read(path / "meta.json", lambda f: json.loads(f.read_text()))
-    return Checkpoint(weights, optim_state, trainer_state, meta)
+    return Checkpoint(weights, trainer_state, meta)
 
 
 def read_optimizer_state(path: str | Path) -> dict[str, Any]:

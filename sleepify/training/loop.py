@@ -196,7 +196,7 @@ def train(
         # under FSDP rank 0 reads the weights and optimizer state and broadcasts them (the other ranks
         # pass empty dicts); every rank reads the small rest
         full = not (fsdp and rank != 0)
-        loaded = load_checkpoint(ckpt, expected, full=full, with_optimizer=False)
+        loaded = load_checkpoint(ckpt, expected, full=full)
         load_full_model_state(model, loaded.weights or {})
         # one read copy at a time (at 1.4B in bfloat16 ~3 GiB each): the weights are freed before the
         # optimizer state is read, and that is freed once loaded
